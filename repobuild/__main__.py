@@ -1,0 +1,3 @@
+from repobuild.cli import main
+
+main()

@@ -1,0 +1,180 @@
+"""Debian binary packages: an ``ar`` archive read as a stream, control data parsed with python-debian.
+
+The inspector is fed the file's bytes once, in order (the same chunks that are hashed and
+copied), keeps only the small control member and checks that every member is complete.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import lzma
+import re
+import tarfile
+from dataclasses import dataclass
+
+from debian.deb822 import Deb822
+from debian.debian_support import Version
+
+_AR_MAGIC = b"!<arch>\n"
+_HEADER = 60
+_MAX_CONTROL = 64 << 20
+_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+_ARCH_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+class DebError(ValueError):
+    """The bytes are not a valid Debian binary package."""
+
+
+@dataclass(frozen=True)
+class DebInfo:
+    package: str
+    version: str
+    architecture: str
+    #: the control stanza's fields in their original order
+    fields: tuple[tuple[str, str], ...]
+
+
+class DebInspector:
+    """Incremental ``ar`` parser: ``feed`` chunks in order, then ``finish``."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._state = "magic"
+        self._remaining = 0
+        self._pad = 0
+        self._name = ""
+        self._members: list[str] = []
+        self._control: bytearray | None = None
+        self._control_name = ""
+        self._offset = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self._buf += chunk
+        while self._step():
+            pass
+
+    def _step(self) -> bool:
+        buf = self._buf
+        if self._state == "magic":
+            if len(buf) < len(_AR_MAGIC):
+                return False
+            if bytes(buf[: len(_AR_MAGIC)]) != _AR_MAGIC:
+                raise DebError("not a Debian package (no ar archive header)")
+            self._consume(len(_AR_MAGIC))
+            self._state = "header"
+            return True
+        if self._state == "header":
+            if len(buf) < _HEADER:
+                return False
+            self._start_member(bytes(buf[:_HEADER]))
+            self._consume(_HEADER)
+            return True
+        if self._state == "body":
+            if not buf:
+                return False
+            n = min(len(buf), self._remaining)
+            if self._control is not None and self._name == self._control_name:
+                self._control += buf[:n]
+            self._consume(n)
+            self._remaining -= n
+            if self._remaining == 0:
+                self._state = "pad" if self._pad else "header"
+            return True
+        # pad byte after an odd-sized member
+        if not buf:
+            return False
+        self._consume(1)
+        self._state = "header"
+        return True
+
+    def _consume(self, n: int) -> None:
+        del self._buf[:n]
+        self._offset += n
+
+    def _start_member(self, header: bytes) -> None:
+        if header[58:60] != b"`\n":
+            raise DebError(f"corrupt ar member header at byte {self._offset}")
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        try:
+            size = int(header[48:58].decode("ascii").strip())
+        except ValueError:
+            raise DebError(f"corrupt ar member size at byte {self._offset}") from None
+        if not self._members and name != "debian-binary":
+            raise DebError("first member is not debian-binary")
+        self._members.append(name)
+        self._name, self._remaining, self._pad = name, size, size % 2
+        if name.startswith("control.tar"):
+            if size > _MAX_CONTROL:
+                raise DebError(f"control member is implausibly large ({size} bytes)")
+            self._control, self._control_name = bytearray(), name
+        self._state = "body" if size else ("pad" if self._pad else "header")
+
+    def finish(self) -> DebInfo:
+        if self._state == "magic":
+            raise DebError("not a Debian package (file too short)")
+        if self._state != "header" or self._buf:
+            raise DebError(
+                f"truncated: member {self._name!r} is cut short at byte {self._offset}"
+            )
+        if self._control is None:
+            raise DebError("no control.tar member (not a binary package)")
+        if not any(m.startswith("data.tar") for m in self._members):
+            raise DebError("no data.tar member")
+        return parse_control(read_control_tar(self._control_name, bytes(self._control)))
+
+
+def read_control_tar(member: str, data: bytes) -> bytes:
+    """Return the ``control`` file from a control.tar{,.gz,.xz,.zst} member."""
+    try:
+        if member.endswith(".gz"):
+            data = gzip.decompress(data)
+        elif member.endswith(".xz"):
+            data = lzma.decompress(data)
+        elif member.endswith(".zst"):
+            import zstandard
+
+            data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        elif member != "control.tar":
+            raise DebError(f"unsupported control compression {member!r}")
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for entry in tar:
+                if entry.name in ("./control", "control") and entry.isfile():
+                    handle = tar.extractfile(entry)
+                    assert handle is not None
+                    return handle.read()
+    except (OSError, EOFError, lzma.LZMAError, tarfile.TarError) as exc:
+        raise DebError(f"unreadable {member}: {exc}") from None
+    except Exception as exc:  # zstandard raises its own error type
+        if type(exc).__module__.startswith("zstandard"):
+            raise DebError(f"unreadable {member}: {exc}") from None
+        raise
+    raise DebError(f"{member} holds no control file")
+
+
+def parse_control(raw: bytes) -> DebInfo:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DebError("control file is not UTF-8") from None
+    stanza = Deb822(text)
+    fields = tuple((k, v) for k, v in stanza.items())
+    values = dict(fields)
+    for required in ("Package", "Version", "Architecture"):
+        if not values.get(required, "").strip():
+            raise DebError(f"control file lacks {required}")
+    package = values["Package"].strip()
+    version = values["Version"].strip()
+    arch = values["Architecture"].strip()
+    if not _PACKAGE_RE.match(package):
+        raise DebError(f"invalid package name {package!r}")
+    if not _ARCH_RE.match(arch):
+        raise DebError(f"invalid architecture {arch!r}")
+    try:
+        Version(version)
+    except ValueError:
+        raise DebError(f"invalid version {version!r}") from None
+    if any(c.isspace() for c in version):
+        raise DebError(f"invalid version {version!r}")
+    return DebInfo(package=package, version=version, architecture=arch, fields=fields)

@@ -1,0 +1,96 @@
+"""PEP 503 HTML and PEP 691 JSON pages (with PEP 658 metadata and PEP 700 fields)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from repobuild.model import Artifact
+from repobuild.templating import render
+
+API_VERSION = "1.1"
+
+
+@dataclass(frozen=True)
+class SimpleFile:
+    filename: str
+    url: str  # relative to the project page
+    sha256: str
+    size: int
+    upload_time: str
+    requires_python: str | None
+    yanked: str | None
+    metadata_sha256: str | None
+    version: str
+
+
+def canonical_json(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def project_files(arts: Iterable[Artifact]) -> dict[str, list[SimpleFile]]:
+    """Group wheels and sdists by normalized project name; one link per file name."""
+    projects: dict[str, dict[str, SimpleFile]] = {}
+    for art in arts:
+        if art.dist is None or art.kind not in ("wheel", "sdist"):
+            continue
+        name = canonicalize_name(art.dist.name)
+        files = projects.setdefault(name, {})
+        files.setdefault(
+            art.filename,
+            SimpleFile(
+                filename=art.filename,
+                url="../../" + quote(art.blob),
+                sha256=art.sha256,
+                size=art.size,
+                upload_time=art.uploaded,
+                requires_python=art.dist.requires_python,
+                yanked=art.yanked,
+                metadata_sha256=art.metadata_sha256,
+                version=art.dist.version,
+            ),
+        )
+    return {
+        name: sorted(files.values(), key=lambda f: (Version(f.version), f.filename))
+        for name, files in sorted(projects.items())
+    }
+
+
+def render_root(names: list[str]) -> tuple[bytes, bytes]:
+    html = render("simple_root.html.j2", api_version=API_VERSION, projects=names)
+    data = canonical_json(
+        {"meta": {"api-version": API_VERSION}, "projects": [{"name": n} for n in names]}
+    )
+    return html, data
+
+
+def render_project(name: str, files: list[SimpleFile]) -> tuple[bytes, bytes]:
+    html = render("simple_project.html.j2", api_version=API_VERSION, name=name, files=files)
+    entries = []
+    for f in files:
+        entry: dict[str, object] = {
+            "filename": f.filename,
+            "url": f.url,
+            "hashes": {"sha256": f.sha256},
+            "size": f.size,
+            "upload-time": f.upload_time,
+            "yanked": f.yanked if f.yanked is not None else False,
+        }
+        if f.yanked == "":
+            entry["yanked"] = True
+        if f.requires_python:
+            entry["requires-python"] = f.requires_python
+        meta: object = {"sha256": f.metadata_sha256} if f.metadata_sha256 else False
+        entry["core-metadata"] = meta
+        entry["dist-info-metadata"] = meta
+        entries.append(entry)
+    versions = sorted({f.version for f in files}, key=Version)
+    data = canonical_json(
+        {"meta": {"api-version": API_VERSION}, "name": name, "versions": versions, "files": entries}
+    )
+    return html, data

@@ -1,0 +1,142 @@
+"""OpenPGP signing through GnuPG, always in a throwaway GNUPGHOME (never the user's keyring)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import gnupg
+
+from repobuild.errors import UsageError, ValidationError
+
+
+def _short_home() -> Path:
+    # gpg-agent's socket lives in GNUPGHOME, and socket paths are short: keep it under /tmp.
+    home = Path(tempfile.mkdtemp(prefix="rbg-", dir="/tmp"))
+    home.chmod(0o700)
+    return home
+
+
+class GpgHome:
+    """A private, temporary GnuPG home; removed (and its agent stopped) on close."""
+
+    def __init__(self, *, faked_time: int | None = None) -> None:
+        if shutil.which("gpg") is None:
+            raise UsageError("GnuPG (gpg) is not installed; install the 'gnupg' package")
+        self.path = _short_home()
+        args = ["--digest-algo", "SHA512", "--personal-digest-preferences", "SHA512"]
+        if faked_time is not None:
+            # signature times come from SOURCE_DATE_EPOCH; a key made later only warns
+            args += ["--faked-system-time", f"{faked_time}!", "--ignore-time-conflict"]
+        self.gpg = gnupg.GPG(gnupghome=str(self.path), options=args)
+        self.gpg.encoding = "utf-8"
+
+    def close(self) -> None:
+        subprocess.run(
+            ["gpgconf", "--homedir", str(self.path), "--kill", "gpg-agent"],
+            capture_output=True,
+            check=False,
+        )
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> GpgHome:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class GpgSigner:
+    """Signs with the secret key of ``KEYDIR/gpg/secret.asc`` (imported into a GpgHome)."""
+
+    def __init__(self, secret_asc: Path, *, faked_time: int | None = None) -> None:
+        try:
+            data = secret_asc.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read the GPG secret key: {exc.strerror}", secret_asc) from None
+        self._home = GpgHome(faked_time=faked_time)
+        result = self._home.gpg.import_keys(data)
+        secrets = self._home.gpg.list_keys(secret=True)
+        if not result.fingerprints or not secrets:
+            self._home.close()
+            raise UsageError("holds no usable OpenPGP secret key", secret_asc)
+        self.key_id = secrets[0]["fingerprint"]
+        self.source = secret_asc
+
+    def _run(self, data: bytes, **kwargs: object) -> bytes:
+        sig = self._home.gpg.sign(data, keyid=self.key_id, **kwargs)
+        if not sig.data:
+            raise ValidationError(f"gpg could not sign: {sig.status or sig.stderr}", self.source)
+        return bytes(sig.data)
+
+    def sign(self, data: bytes) -> bytes:
+        """A detached, armored signature (Release.gpg, index.json.asc)."""
+        return self._run(data, detach=True, clearsign=False)
+
+    def clearsign(self, data: bytes) -> bytes:
+        """A clear-signed document (InRelease)."""
+        return self._run(data, clearsign=True)
+
+    def public_key(self, *, armor: bool) -> bytes:
+        out = self._home.gpg.export_keys(self.key_id, armor=armor)
+        return out.encode() if isinstance(out, str) else bytes(out)
+
+    def close(self) -> None:
+        self._home.close()
+
+
+def fingerprint_of(public_asc: bytes) -> list[str]:
+    """Fingerprints of the keys in an armored or binary public key file."""
+    with GpgHome() as home:
+        result = home.gpg.import_keys(public_asc)
+        return list(result.fingerprints)
+
+
+def generate_gpg_key(
+    name: str, email: str, algo: str = "ed25519", *, created: int | None = None
+) -> tuple[bytes, bytes, str]:
+    """A new signing key: (armored secret key, armored public key, fingerprint)."""
+    with GpgHome() as home:
+        if algo == "ed25519":
+            params = {"key_type": "EDDSA", "key_curve": "ed25519"}
+        elif algo == "rsa4096":
+            params = {"key_type": "RSA", "key_length": 4096}
+        else:
+            raise UsageError(f"unknown GPG algorithm {algo!r} (use ed25519 or rsa4096)")
+        spec = home.gpg.gen_key_input(
+            name_real=name,
+            name_email=email,
+            key_usage="sign",
+            expire_date=0,
+            no_protection=True,
+            **({"creation_date": time.strftime("%Y%m%dT%H%M%S", time.gmtime(created))}
+               if created is not None else {}),
+            **params,  # type: ignore[arg-type]
+        )
+        key = home.gpg.gen_key(spec)
+        fpr = str(key.fingerprint or "")
+        if not fpr:
+            raise UsageError(f"gpg could not generate a key: {key.stderr}")
+        secret = home.gpg.export_keys(fpr, secret=True, armor=True, expect_passphrase=False)
+        public = home.gpg.export_keys(fpr, armor=True)
+        return str(secret).encode(), str(public).encode(), fpr
+
+
+def dearmor(public_asc: bytes) -> bytes:
+    """The binary keyring form that gpgv and apt's signed-by take."""
+    with GpgHome() as home:
+        result = home.gpg.import_keys(public_asc)
+        if not result.fingerprints:
+            raise ValidationError("no OpenPGP public key found")
+        out = home.gpg.export_keys(result.fingerprints, armor=False)
+        return out if isinstance(out, bytes) else str(out).encode("latin-1")
+
+
+os.environ.setdefault("GPG_TTY", "")
