@@ -1,0 +1,419 @@
+"""in-toto supply-chain metadata for a built repository.
+
+The build writes two files into ``OUT/in-toto/``:
+
+``root.layout``
+    signed by the layout owner; it names the builder's key as the functionary of the ``build``
+    step and carries an inspection, ``verify-tree``, whose rules tie every file of the audited
+    tree to the build step's recorded products.
+``build.<keyid8>.link``
+    signed by the builder; its materials are the files of the release tree (SOURCE) and its
+    products the files of the output tree, each with its SHA-256 (the build hashed them already:
+    nothing is re-hashed here).
+
+An auditor checks a copy of OUT by running, at its root::
+
+    in-toto-verify --layout in-toto/root.layout --link-dir in-toto --verification-keys owner.pub
+
+Keys are Ed25519 (PKCS#8 PEM private, SubjectPublicKeyInfo PEM public): securesystemslib 1.x
+loads them from PEM without any extra parameter, and Ed25519 signatures are deterministic, so
+the layout and link bytes depend only on their inputs and keys, never on the clock.
+
+What ``in-toto-verify`` does (in-toto 3.1), which shapes the inspection's rules:
+
+* it runs the inspection command in the working folder and records every file below it, before
+  (materials) and after (products), *except* paths matching its built-in exclude patterns
+  ``*.link*``, ``.git``, ``*.pyc`` and ``*~`` (gitignore style, at any depth);
+* it then writes the inspection's own link, ``verify-tree.link``, into the working folder;
+* rule patterns are ``fnmatch`` patterns, whose ``*`` crosses ``/``.
+
+The inspection therefore requires (REQUIRE, optional: ``required_paths``) the files that must be
+present, consumes every file identical to a build product (``MATCH * WITH PRODUCTS FROM build``),
+allows the few files that are legitimately not build products (``index.json`` and its
+signatures, ``in-toto/*``, the local ``.repobuild/*`` state, the verifier's ``owner.pub`` and its
+own ``verify-tree.link``) and disallows everything else: an extra file, or a changed build
+product, fails the verification.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from repobuild.errors import ValidationError, VerificationError
+
+__all__ = [
+    "BUILD_STEP",
+    "EXPECTED_COMMAND",
+    "INSPECTION",
+    "INSPECTION_RUN",
+    "LAYOUT_NAME",
+    "RESERVED_PATTERNS",
+    "generate_keypair",
+    "key_id",
+    "link_name",
+    "make_layout",
+    "make_link",
+    "verify_layout",
+]
+
+BUILD_STEP = "build"
+INSPECTION = "verify-tree"
+LAYOUT_NAME = "root.layout"
+LINK_DIR = "in-toto"
+EXPECTED_COMMAND: tuple[str, ...] = ("repobuild", "build")
+# Harmless, and present on every POSIX system (coreutils, busybox, BSD): the inspection only
+# exists so that in-toto-verify records the files of the tree it runs in.
+INSPECTION_RUN: tuple[str, ...] = ("true",)
+
+# Files of a served tree that are legitimately not products of the build step: they are written
+# after the link (index.json lists the link, its signatures cover index.json), or they are the
+# in-toto metadata itself, or local state that is never served (CONTRACT.md, guarantee 1).
+RESERVED_PATTERNS: tuple[str, ...] = (
+    "index.json",
+    "index.json.asc",
+    "index.json.sig",
+    "index.json.sigstore.json",
+    f"{LINK_DIR}/*",
+    ".repobuild/*",
+)
+# Files a verifier may add at the root of its copy: the layout key named as in CONTRACT.md's
+# command line. Deliberately not "*.pub": fnmatch's "*" crosses "/", so that pattern would also
+# let a tampered keys/cosign.pub or an artifact named *.pub through.
+DEFAULT_VERIFIER_FILES: tuple[str, ...] = ("owner.pub",)
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_GLOB_CHARS = re.compile(r"([*?\[])")
+
+
+# --------------------------------------------------------------------------------------- keys
+
+
+def generate_keypair() -> tuple[bytes, bytes]:
+    """A new Ed25519 key: (PKCS#8 PEM private key, SubjectPublicKeyInfo PEM public key)."""
+    private = Ed25519PrivateKey.generate()
+    private_pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private_pem, public_pem
+
+
+def _sslib_key(public_pem: bytes) -> Any:
+    from securesystemslib.signer import SSlibKey
+
+    try:
+        public = serialization.load_pem_public_key(public_pem)
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(f"not a PEM public key ({exc})") from exc
+    try:
+        return SSlibKey.from_crypto(public)
+    except Exception as exc:  # securesystemslib raises its own types for unsupported keys
+        raise ValidationError(f"unsupported in-toto public key ({exc})") from exc
+
+
+def _key_dict(public_pem: bytes) -> dict[str, Any]:
+    """The key as in-toto's layout and verifier carry it (legacy dict with its keyid)."""
+    key = _sslib_key(public_pem)
+    data: dict[str, Any] = key.to_dict()
+    data["keyid"] = key.keyid
+    return data
+
+
+def key_id(public_pem: bytes) -> str:
+    """The keyid in-toto computes for this public key (what `in-toto-verify` loads)."""
+    return str(_sslib_key(public_pem).keyid)
+
+
+def _signer(private_pem: bytes) -> Any:
+    from securesystemslib.signer import CryptoSigner
+
+    try:
+        private = serialization.load_pem_private_key(private_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(f"not an unencrypted PEM private key ({exc})") from exc
+    if not isinstance(private, Ed25519PrivateKey):
+        # ECDSA would verify too, but its signatures are randomised: the layout and link bytes
+        # would change at every build (CONTRACT.md, guarantee 4).
+        raise ValidationError("in-toto keys must be Ed25519 (PKCS#8 PEM)")
+    return CryptoSigner(private)
+
+
+def link_name(public_pem: bytes, step: str = BUILD_STEP) -> str:
+    """The file name in-toto looks for: ``<step>.<first 8 hex digits of the keyid>.link``."""
+    return f"{step}.{key_id(public_pem)[:8]}.link"
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _dumps(document: Mapping[str, Any]) -> bytes:
+    """Deterministic JSON: sorted keys, no insignificant white space, UTF-8, final newline."""
+    return (
+        json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+    ).encode("utf-8")
+
+
+def _escape(name: str) -> str:
+    """An fnmatch pattern matching exactly ``name``."""
+    return _GLOB_CHARS.sub(r"[\1]", name)
+
+
+def _rfc3339(moment: datetime) -> str:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValidationError("layout expiry must be a timezone-aware datetime")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _check_path(path: str, what: str) -> None:
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\x00" in path
+        or any(part in ("", ".", "..") for part in path.split("/"))
+    ):
+        raise ValidationError(f"{what} path {path!r} is not a clean relative path")
+
+
+def _artifacts(entries: Mapping[str, str], what: str) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for path, digest in entries.items():
+        _check_path(path, what)
+        if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
+            raise ValidationError(f"{what} {path!r}: sha256 must be 64 lowercase hex digits")
+        out[path] = {"sha256": digest}
+    return out
+
+
+# ------------------------------------------------------------------------------------ layout
+
+
+def _build_step_rules(
+    source_names: Iterable[str] | None,
+) -> tuple[list[list[str]], list[list[str]]]:
+    if source_names is None:
+        materials: list[list[str]] = [["ALLOW", "*"]]
+    else:
+        names = sorted(set(source_names))
+        for name in names:
+            _check_path(name, "source")
+        # The release is exactly these files: each one present, nothing else.
+        materials = [["REQUIRE", n] for n in names]
+        materials += [["ALLOW", _escape(n)] for n in names]
+        materials.append(["DISALLOW", "*"])
+    # The step's products are the served tree minus what is written after the link or never
+    # served: keeping those apart is what lets the inspection ALLOW them by name.
+    products = [["DISALLOW", p] for p in RESERVED_PATTERNS]
+    products.append(["ALLOW", "*"])
+    return materials, products
+
+
+def _hidden_from_in_toto_verify() -> Any:
+    """in-toto-verify's default exclude patterns, as it applies them when recording."""
+    from in_toto.settings import ARTIFACT_EXCLUDE_PATTERNS
+    from pathspec import GitIgnoreSpec
+
+    return GitIgnoreSpec.from_lines(ARTIFACT_EXCLUDE_PATTERNS)
+
+
+def _inspection_rules(
+    required_paths: Iterable[str] | None, verifier_files: Sequence[str]
+) -> list[list[str]]:
+    rules: list[list[str]] = []
+    if required_paths is not None:
+        hidden = _hidden_from_in_toto_verify()
+        # REQUIRE looks at the not-yet-consumed artifacts: it must come before MATCH.
+        for path in sorted(set(required_paths)):
+            _check_path(path, "required")
+            if not hidden.match_file(path):  # in-toto-verify would never see it
+                rules.append(["REQUIRE", path])
+    rules.append(["MATCH", "*", "WITH", "PRODUCTS", "FROM", BUILD_STEP])
+    allowed = [*RESERVED_PATTERNS, f"{INSPECTION}.link", *verifier_files]
+    rules += [["ALLOW", p] for p in allowed]
+    rules.append(["DISALLOW", "*"])
+    return rules
+
+
+def make_layout(
+    owner_private_pem: bytes,
+    builder_public_pem: bytes,
+    *,
+    expires: datetime,
+    source_names: Iterable[str] | None = None,
+    required_paths: Iterable[str] | None = None,
+    verifier_files: Sequence[str] = DEFAULT_VERIFIER_FILES,
+    expected_command: Sequence[str] = EXPECTED_COMMAND,
+    readme: str = "",
+) -> bytes:
+    """A signed in-toto layout (classic Metablock JSON), deterministic for the same inputs.
+
+    ``expires``: when the layout stops verifying (timezone-aware; written to the second, UTC).
+    ``source_names``: when given, the build step's materials must be exactly these SOURCE paths.
+    ``required_paths``: when given (typically the link's products), each must exist in the
+    audited tree, so that a deleted file fails too (one REQUIRE rule per path; paths that
+    in-toto-verify never records, such as ``*.link*`` or ``*~``, are left out).
+    ``verifier_files``: exact root-level names a verifier may add to its copy (the layout key).
+    ``expected_command``: what the link's ``command`` should be; in-toto only warns on mismatch.
+    """
+    from in_toto.models.layout import Inspection, Layout, Step
+    from in_toto.models.metadata import Metablock
+
+    signer = _signer(owner_private_pem)
+    builder_key = _key_dict(builder_public_pem)
+    materials, products = _build_step_rules(source_names)
+    inspection_rules = _inspection_rules(required_paths, [_escape(f) for f in verifier_files])
+    try:
+        step = Step(
+            name=BUILD_STEP,
+            pubkeys=[builder_key["keyid"]],
+            threshold=1,
+            expected_command=list(expected_command),
+            expected_materials=materials,
+            expected_products=products,
+        )
+        inspection = Inspection(
+            name=INSPECTION,
+            run=list(INSPECTION_RUN),
+            # Recorded before (materials) and after (products) the command: check both.
+            expected_materials=inspection_rules,
+            expected_products=[list(rule) for rule in inspection_rules],
+        )
+        layout = Layout(
+            steps=[step],
+            inspect=[inspection],
+            keys={builder_key["keyid"]: builder_key},
+            expires=_rfc3339(expires),
+            readme=readme,
+        )
+        metablock = Metablock(signed=layout)
+        metablock.create_signature(signer)
+    except ValidationError:
+        raise
+    except Exception as exc:  # in-toto's FormatError and friends
+        raise ValidationError(f"cannot make the in-toto layout: {exc}") from exc
+    return _dumps(metablock.to_dict())
+
+
+# -------------------------------------------------------------------------------------- link
+
+
+def make_link(
+    builder_private_pem: bytes,
+    *,
+    materials: Mapping[str, str],
+    products: Mapping[str, str],
+    command: Sequence[str],
+    step: str = BUILD_STEP,
+) -> tuple[str, bytes]:
+    """The build step's signed link: (file name ``<step>.<keyid8>.link``, JSON bytes).
+
+    ``materials`` (SOURCE files) and ``products`` (OUT files) map a relative, ``/``-separated
+    path to its SHA-256 hex digest, as the build computed it. Products must not include the
+    files written after the link (index.json and its signatures, ``in-toto/*``) nor
+    ``.repobuild/*``: the layout refuses them.
+    """
+    from fnmatch import fnmatchcase
+
+    from in_toto.models.link import Link
+    from in_toto.models.metadata import Metablock
+
+    signer = _signer(builder_private_pem)
+    for path in products:
+        if step == BUILD_STEP and any(fnmatchcase(path, p) for p in RESERVED_PATTERNS):
+            raise ValidationError(
+                f"product {path!r} is written after the link or never served; leave it out"
+            )
+    try:
+        link = Link(
+            name=step,
+            materials=_artifacts(materials, "material"),
+            products=_artifacts(products, "product"),
+            command=list(command),
+            byproducts={},
+            environment={},
+        )
+        metablock = Metablock(signed=link)
+        metablock.create_signature(signer)
+    except ValidationError:
+        raise
+    except Exception as exc:
+        raise ValidationError(f"cannot make the in-toto link: {exc}") from exc
+    name = f"{step}.{signer.public_key.keyid[:8]}.link"
+    return name, _dumps(metablock.to_dict())
+
+
+# ------------------------------------------------------------------------------ verification
+
+
+def verify_layout(
+    layout_bytes: bytes,
+    link_dir: Path,
+    owner_public_pem: bytes,
+    *,
+    tree: Path,
+) -> None:
+    """Run in-toto's own verification of ``tree`` (an OUT or a copy of it) in Python.
+
+    The same checks as ``in-toto-verify`` (layout signature and expiry, link signature and
+    threshold, step rules, the inspection run in ``tree`` and its rules), with two differences
+    that make it stricter, not looser: no artifact is hidden by in-toto's default exclude
+    patterns (``*.link*``, ``.git``, ``*.pyc``, ``*~``), and the inspection link is not written
+    into ``tree``. Raises VerificationError naming the reason.
+
+    Not thread-safe: in-toto records the inspection's artifacts relative to the process's
+    working directory, so this changes directory (and in-toto's settings) for the duration.
+    """
+    import in_toto.settings
+    from in_toto.models.metadata import Metadata
+    from in_toto.verifylib import in_toto_verify
+
+    tree = Path(tree).resolve()
+    link_dir = Path(link_dir).resolve()
+    if not tree.is_dir():
+        raise VerificationError("not a folder", tree)
+    if not link_dir.is_dir():
+        raise VerificationError("not a folder", link_dir)
+    try:
+        metadata = Metadata.from_dict(json.loads(layout_bytes))
+    except Exception as exc:
+        raise VerificationError(f"malformed in-toto layout ({exc})") from exc
+    try:
+        owner_key = _key_dict(owner_public_pem)
+    except ValidationError as exc:
+        raise VerificationError(f"layout owner key: {exc}") from exc
+
+    saved_excludes = in_toto.settings.ARTIFACT_EXCLUDE_PATTERNS
+    # in-toto falls back to its defaults on an empty list: give it a pattern matching nothing
+    # (gitignore style; a NUL never occurs in a path).
+    in_toto.settings.ARTIFACT_EXCLUDE_PATTERNS = ["\x00"]
+    try:
+        with contextlib.chdir(tree), warnings.catch_warnings():
+            # in-toto 3.1 builds its exclude filter with pathspec's deprecated "gitwildmatch".
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="pathspec")
+            in_toto_verify(
+                metadata,
+                {owner_key["keyid"]: owner_key},
+                str(link_dir),
+                persist_inspection_links=False,
+            )
+    except Exception as exc:
+        reason = str(exc) or type(exc).__name__
+        raise VerificationError(
+            f"in-toto verification failed: {type(exc).__name__}: {reason}", tree
+        ) from exc
+    finally:
+        in_toto.settings.ARTIFACT_EXCLUDE_PATTERNS = saved_excludes
