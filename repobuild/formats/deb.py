@@ -1,4 +1,4 @@
-"""Debian binary packages: an ``ar`` archive read as a stream, control data parsed with python-debian.
+"""Debian binary packages: an ``ar`` archive read as a stream, control data via python-debian.
 
 The inspector is fed the file's bytes once, in order (the same chunks that are hashed and
 copied), keeps only the small control member and checks that every member is complete.

@@ -60,7 +60,7 @@ class GpgSigner:
         try:
             data = secret_asc.read_bytes()
         except OSError as exc:
-            raise UsageError(f"cannot read the GPG secret key: {exc.strerror}", secret_asc) from None
+            raise UsageError(f"cannot read GPG secret key: {exc.strerror}", secret_asc) from None
         self._home = GpgHome(faked_time=faked_time)
         result = self._home.gpg.import_keys(data)
         secrets = self._home.gpg.list_keys(secret=True)
@@ -104,6 +104,7 @@ def generate_gpg_key(
 ) -> tuple[bytes, bytes, str]:
     """A new signing key: (armored secret key, armored public key, fingerprint)."""
     with GpgHome() as home:
+        params: dict[str, object]
         if algo == "ed25519":
             params = {"key_type": "EDDSA", "key_curve": "ed25519"}
         elif algo == "rsa4096":

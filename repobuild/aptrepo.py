@@ -1,0 +1,83 @@
+"""Assemble ``dists/<suite>/``: Packages (+ .gz, .xz) per component and architecture, by-hash
+copies, and Release signed as InRelease and Release.gpg."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from repobuild.config import Config
+from repobuild.formats.apt import (
+    IndexFile,
+    ReleaseInfo,
+    gzip_bytes,
+    render_packages,
+    render_release,
+    xz_bytes,
+)
+from repobuild.model import Artifact
+from repobuild.signing.gpg import GpgSigner
+
+DEFAULT_ARCH = "amd64"
+
+
+@dataclass
+class AptOutput:
+    #: by-hash copies: immutable, written first
+    by_hash: dict[str, bytes] = field(default_factory=dict)
+    #: Packages files, then Release, InRelease and Release.gpg, in that order
+    mutable: dict[str, bytes] = field(default_factory=dict)
+    architectures: tuple[str, ...] = ()
+    components: tuple[str, ...] = ()
+
+
+def architectures(debs: list[Artifact], config: Config) -> tuple[str, ...]:
+    arches = {a.deb.architecture for a in debs if a.deb and a.deb.architecture != "all"}
+    arches.update(config.architectures)
+    return tuple(sorted(arches or {DEFAULT_ARCH}))
+
+
+def build_apt(
+    debs: list[Artifact], config: Config, signer: GpgSigner, now: datetime
+) -> AptOutput:
+    arches = architectures(debs, config)
+    components = sorted({a.component for a in debs} | {config.default_component})
+    grouped: dict[tuple[str, str], list[Artifact]] = defaultdict(list)
+    for art in debs:
+        assert art.deb is not None
+        targets = arches if art.deb.architecture == "all" else (art.deb.architecture,)
+        for arch in targets:
+            grouped[(art.component, arch)].append(art)
+    out = AptOutput(architectures=arches, components=tuple(components))
+    base = f"dists/{config.suite}"
+    listed: list[IndexFile] = []
+    for component in components:
+        for arch in arches:
+            plain = render_packages(grouped.get((component, arch), []))
+            folder = f"{component}/binary-{arch}"
+            for name, data in (
+                ("Packages", plain),
+                ("Packages.gz", gzip_bytes(plain)),
+                ("Packages.xz", xz_bytes(plain)),
+            ):
+                entry = IndexFile.of(f"{folder}/{name}", data)
+                listed.append(entry)
+                out.by_hash[f"{base}/{folder}/by-hash/SHA256/{entry.sha256}"] = data
+                out.mutable[f"{base}/{folder}/{name}"] = data
+    info = ReleaseInfo(
+        origin=config.origin,
+        label=config.label,
+        suite=config.suite,
+        codename=config.codename,
+        description=config.description,
+        date=now,
+        valid_until=now + timedelta(days=config.validity_days),
+        architectures=arches,
+        components=tuple(components),
+    )
+    release = render_release(info, listed)
+    out.mutable[f"{base}/Release"] = release
+    out.mutable[f"{base}/InRelease"] = signer.clearsign(release)
+    out.mutable[f"{base}/Release.gpg"] = signer.sign(release)
+    return out

@@ -1,0 +1,436 @@
+"""The build pipeline: scan → inspect and store → render → sign → write in safe order → prune.
+
+Nothing visible in OUT changes until every input has been read and checked and every index
+rendered and signed in memory. Then files land in the order of CONTRACT.md guarantee 3: blobs,
+by-hash copies, mutable indices, index.json, its signatures last; a build that fails or is
+killed leaves the previous tree valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from repobuild.aptrepo import build_apt
+from repobuild.config import Config, build_time, source_date_epoch
+from repobuild.errors import UsageError, ValidationError
+from repobuild.formats import manifest
+from repobuild.formats.manifest import ManifestError, rfc3339
+from repobuild.ingest import Ingested, ingest
+from repobuild.keys import KeySet, load_keys, make_trust, spki_hint
+from repobuild.model import Artifact, FileEntry
+from repobuild.pyrepo import build_simple
+from repobuild.scan import SourceFile, scan_source
+from repobuild.signing.gpg import dearmor
+from repobuild.store import OutTree
+from repobuild.templating import render
+
+SIGNATURE_FILES = ("index.json.asc", "index.json.sig", "index.json.sigstore.json")
+INDEX = "index.json"
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class BuildResult:
+    version: int
+    artifacts: list[Artifact]
+    new_blobs: int = 0
+    new_bytes: int = 0
+    seconds: float = 0.0
+    written: int = 0
+    removed: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _previous(tree: OutTree) -> manifest.Manifest | None:
+    path = tree.path(INDEX)
+    if not path.exists():
+        leftovers = [p for p in tree.walk()]
+        if leftovers:
+            raise UsageError(
+                f"is not empty and holds no repobuild index.json (found {leftovers[0]}); "
+                "refusing to build into it",
+                tree.root,
+            )
+        return None
+    try:
+        return manifest.parse(path.read_bytes())
+    except (ManifestError, OSError) as exc:
+        raise ValidationError(f"the existing index is unreadable ({exc}); not building over it",
+                              path) from None
+
+
+def _ingest_all(
+    files: list[SourceFile],
+    tree: OutTree,
+    *,
+    link: bool,
+    sha512: bool,
+    progress: Progress | None,
+) -> list[Ingested]:
+    done = 0
+    results: list[Ingested] = []
+
+    def one(sf: SourceFile) -> Ingested:
+        return ingest(sf.path, sf.rel, None if link else tree.temp_path(), sha512=sha512)
+
+    workers = max(2, min(8, (os.cpu_count() or 2) * 2))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        try:
+            for item in pool.map(one, files):
+                results.append(item)
+                done += 1
+                if progress:
+                    progress(done, len(files))
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return results
+
+
+def _check_duplicates(arts: list[Artifact]) -> None:
+    """Two different files may not claim one package, version (and architecture or file name)."""
+    seen: dict[tuple[str, ...], Artifact] = {}
+    for art in arts:
+        key: tuple[str, ...]
+        if art.deb is not None:
+            key = ("deb", art.deb.package, art.deb.version, art.deb.architecture)
+            what = f"{art.deb.package} {art.deb.version} ({art.deb.architecture})"
+        elif art.dist is not None:
+            name = canonicalize_name(art.dist.name)
+            key = ("py", name, str(Version(art.dist.version)), art.kind, art.filename)
+            what = f"{art.filename}"
+        else:
+            continue
+        other = seen.setdefault(key, art)
+        if other is not art and other.sha256 != art.sha256:
+            raise ValidationError(
+                f"claims {what}, which {other.path} already provides with different content",
+                art.path,
+            )
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _keys_files(keys: KeySet) -> dict[str, bytes]:
+    files = {
+        "keys/public.asc": keys.gpg_public,
+        "keys/repo.gpg": dearmor(keys.gpg_public),
+    }
+    if keys.cosign_public:
+        files["keys/cosign.pub"] = keys.cosign_public
+    if keys.owner_public:
+        files["keys/owner.pub"] = keys.owner_public
+    trust = keys.trust or make_trust(
+        gpg_public=keys.gpg_public,
+        gpg_fingerprint=keys.gpg.key_id,
+        cosign_public=keys.cosign_public,
+        owner_public=None,
+        owner_keyid=None,
+    )
+    files["keys/trust.json"] = json.dumps(trust, indent=2, sort_keys=True).encode() + b"\n"
+    return files
+
+
+def _repo_sources(config: Config, components: tuple[str, ...], public_asc: bytes) -> bytes:
+    uri = config.base_url or "http://REPLACE-WITH-MIRROR-URL/"
+    armored = public_asc.decode().strip().split("\n")
+    key_lines = [" " + (ln if ln.strip() else ".") for ln in armored]
+    text = "\n".join(
+        [
+            "# deb822 source for apt; set URIs to a mirror of this repository.",
+            "# Signed-By holds the repository's public key itself (no keyring file needed).",
+            "Types: deb",
+            f"URIs: {uri}",
+            f"Suites: {config.suite}",
+            f"Components: {' '.join(components)}",
+            "Signed-By:",
+            *key_lines,
+        ]
+    )
+    return (text + "\n").encode()
+
+
+def _landing(
+    *,
+    config: Config,
+    keys: KeySet,
+    version: int,
+    now: datetime,
+    expires: datetime,
+    arts: list[Artifact],
+    components: tuple[str, ...],
+) -> bytes:
+    debs = sorted(
+        (a for a in arts if a.deb),
+        key=lambda a: (a.name or "", a.architecture or "", a.version or ""),
+    )
+    projects: dict[str, set[str]] = {}
+    for a in arts:
+        if a.dist:
+            projects.setdefault(canonicalize_name(a.dist.name), set()).add(a.dist.version)
+    key_rows = [{"kind": "OpenPGP", "id": keys.gpg.key_id, "href": "keys/public.asc"}]
+    if keys.cosign_public:
+        key_rows.append(
+            {"kind": "cosign (SHA-256 of key)", "id": spki_hint(keys.cosign_public),
+             "href": "keys/cosign.pub"}
+        )
+    if keys.owner_public:
+        from repobuild.signing import intoto
+
+        key_rows.append(
+            {"kind": "in-toto layout owner", "id": intoto.key_id(keys.owner_public),
+             "href": "keys/owner.pub"}
+        )
+    slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in config.label.lower())
+    return render(
+        "landing.html.j2",
+        label=config.label,
+        description=config.description.rstrip("."),
+        version=version,
+        generated=rfc3339(now),
+        expires=rfc3339(expires),
+        keys=key_rows,
+        gpg_fingerprint=keys.gpg.key_id,
+        base=config.base_url or "http://HOST/PREFIX/",
+        slug=slug or "repo",
+        suite=config.suite,
+        components=list(components),
+        debs=[
+            {"name": a.name, "version": a.version, "architecture": a.architecture,
+             "component": a.component}
+            for a in debs
+        ],
+        projects=[
+            {"name": n, "versions": sorted(v, key=Version)} for n, v in sorted(projects.items())
+        ],
+        files=[
+            {"path": a.path, "href": a.blob, "size": a.size, "sha256": a.sha256}
+            for a in arts
+            if a.kind == "file"
+        ],
+    )
+
+
+def _retained(
+    prev: manifest.Manifest | None,
+    current: set[str],
+    tree: OutTree,
+    now: datetime,
+    keep_by_hash: timedelta,
+) -> dict[str, FileEntry]:
+    """Older blobs (kept until `gc`) and by-hash files (kept for a while) still on disk."""
+    if prev is None:
+        return {}
+    kept: dict[str, FileEntry] = {}
+    candidates = dict(prev.files)
+    for a in prev.artifacts:
+        candidates.setdefault(a["blob"], FileEntry(int(a["size"]), str(a["sha256"])))
+        meta = a.get("metadata")
+        if isinstance(meta, dict) and isinstance(meta.get("path"), str):
+            candidates.setdefault(meta["path"], prev.files.get(meta["path"]) or FileEntry(
+                -1, str(meta.get("sha256", ""))))
+    for path, entry in candidates.items():
+        if path in current or entry.size < 0:
+            continue
+        is_blob = path.startswith("blobs/")
+        is_by_hash = "/by-hash/" in path and path.startswith("dists/")
+        if not (is_blob or is_by_hash) or not tree.path(path).is_file():
+            continue
+        retired = entry.retired or rfc3339(now)
+        if is_by_hash and manifest.parse_time(retired) + keep_by_hash < now:
+            continue
+        kept[path] = FileEntry(entry.size, entry.sha256, retired)
+    return kept
+
+
+def build(
+    source: Path,
+    out: Path,
+    keydir: Path,
+    config: Config,
+    *,
+    link: bool = False,
+    progress: Progress | None = None,
+    on_phase: Callable[[str], None] | None = None,
+) -> BuildResult:
+    started = time.monotonic()
+    now = build_time()
+    epoch = source_date_epoch()
+    expires = now + timedelta(days=config.validity_days)
+    phase = on_phase or (lambda _name: None)
+    if out.resolve() == source.resolve():
+        raise UsageError("OUT must not be SOURCE itself", out)
+
+    phase("scanning")
+    files = scan_source(source, exclude=out)
+    keys = load_keys(keydir, faked_time=epoch)
+    tree = OutTree(out)
+    failed = True
+    try:
+        tree.open()
+        prev = _previous(tree)
+        version = (prev.version + 1) if prev else 1
+
+        phase("reading")
+        ingested = _ingest_all(
+            files, tree, link=link, sha512=config.sha512, progress=progress
+        )
+        arts = [i.artifact for i in ingested]
+        _check_duplicates(arts)
+        first_seen = {a["sha256"]: a.get("uploaded") for a in (prev.artifacts if prev else [])}
+        for art in arts:
+            art.uploaded = first_seen.get(art.sha256) or rfc3339(now)
+            art.component = config.component_for(art.path)
+            if art.dist is not None:
+                art.yanked = config.yank_reason(art.path)
+            if art.kind == "wheel" and art.dist is not None:
+                art.metadata_sha256 = _sha256(art.dist.metadata)
+
+        phase("rendering")
+        debs = [a for a in arts if a.deb is not None]
+        apt = build_apt(debs, config, keys.gpg, now)
+        simple = build_simple([a for a in arts if a.dist is not None])
+        metadata_files = {
+            a.blob + ".metadata": a.dist.metadata
+            for a in arts
+            if a.kind == "wheel" and a.dist is not None
+        }
+        pages: dict[str, bytes] = {}
+        pages.update(_keys_files(keys))
+        pages["keys/repo.sources"] = _repo_sources(config, apt.components, keys.gpg_public)
+        pages["index.html"] = _landing(
+            config=config, keys=keys, version=version, now=now, expires=expires,
+            arts=arts, components=apt.components,
+        )
+        pages.update(simple)
+
+        current: dict[str, FileEntry] = {}
+        for group in (metadata_files, apt.by_hash, apt.mutable, pages):
+            for path, data in group.items():
+                current[path] = FileEntry(len(data), _sha256(data))
+        blob_paths = {a.blob for a in arts}
+        kept = _retained(
+            prev, set(current) | blob_paths, tree, now,
+            timedelta(days=config.by_hash_keep_days),
+        )
+        listed = {**kept, **current}
+
+        provenance = _provenance(keys, files, arts, listed, expires)
+        for path, data in provenance.items():
+            listed[path] = FileEntry(len(data), _sha256(data))
+
+        meta: dict[str, Any] = {
+            "origin": config.origin,
+            "label": config.label,
+            "suite": config.suite,
+            "codename": config.codename,
+        }
+        index_bytes = manifest.render(
+            version=version, generated=now, expires=expires, artifacts=arts,
+            files=listed, meta=meta,
+        )
+        signatures = _sign_index(keys, index_bytes)
+
+        # ---- from here on, OUT changes, in the safe order ---------------------------------
+        phase("writing")
+        result = BuildResult(version=version, artifacts=arts)
+        for item in ingested:
+            art = item.artifact
+            if item.temp is not None:
+                placed = tree.place_blob(item.temp, art.blob)
+            else:
+                placed = tree.link_blob(source / art.path, art.blob)
+            if placed:
+                result.new_blobs += 1
+                result.new_bytes += art.size
+        for path, data in metadata_files.items():
+            tree.write_once(path, data)
+        for path, data in apt.by_hash.items():
+            tree.write_once(path, data)
+        for group in (apt.mutable, pages, provenance):
+            for path, data in group.items():
+                tree.write(path, data)
+                result.written += 1
+        tree.write(INDEX, index_bytes)
+        for path, data in signatures.items():
+            tree.write(path, data)
+        failed = False
+
+        phase("pruning")
+        keep = set(listed) | blob_paths | {INDEX, *signatures}
+        for path in tree.walk():
+            if path not in keep:
+                tree.remove(path)
+                result.removed += 1
+        for art in arts:
+            result.by_kind[art.kind] = result.by_kind.get(art.kind, 0) + 1
+        if keys.insecure_demo:
+            result.warnings.append(
+                "signed with the INSECURE demo keys of keys.example/: anyone can forge these "
+                "signatures; never publish this tree"
+            )
+        result.seconds = time.monotonic() - started
+        return result
+    finally:
+        tree.close(failed=failed and tree.created_root)
+        keys.close()
+
+
+def _sign_index(keys: KeySet, index_bytes: bytes) -> dict[str, bytes]:
+    sigs = {"index.json.asc": keys.gpg.sign(index_bytes)}
+    if keys.cosign is not None and keys.cosign_public is not None:
+        from repobuild.signing.sigstore_bundle import make_key_bundle
+
+        der = keys.cosign.sign(index_bytes)
+        import base64
+
+        sigs["index.json.sig"] = base64.b64encode(der)
+        sigs["index.json.sigstore.json"] = make_key_bundle(index_bytes, der, keys.cosign_public)
+    return sigs
+
+
+def _provenance(
+    keys: KeySet,
+    files: list[SourceFile],
+    arts: list[Artifact],
+    listed: dict[str, FileEntry],
+    expires: datetime,
+) -> dict[str, bytes]:
+    """in-toto: the owner's layout and the builder's link for this build."""
+    if keys.owner_key is None or keys.builder_key is None or keys.builder_public is None:
+        return {}
+    from repobuild.signing import intoto
+
+    materials = {a.path: a.sha256 for a in arts}
+    products = {a.blob: a.sha256 for a in arts}
+    products.update({p: f.sha256 for p, f in listed.items()})
+    layout = intoto.make_layout(keys.owner_key, keys.builder_public, expires=expires)
+    link_name, link = intoto.make_link(
+        keys.builder_key,
+        materials=materials,
+        products=products,
+        command=["repobuild", "build"],
+    )
+    del files
+    return {"in-toto/root.layout": layout, f"in-toto/{link_name}": link}
+
+
+def iter_listed(index: manifest.Manifest) -> Iterator[tuple[str, int, str]]:
+    for path, (size, digest) in sorted(index.listed().items()):
+        yield path, size, digest

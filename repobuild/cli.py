@@ -1,0 +1,134 @@
+"""The command line: a thin typer layer over the library."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from repobuild.errors import RepobuildError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Build, verify, mirror and serve signed, content-addressed package repositories.",
+    pretty_exceptions_enable=False,
+)
+keys_app = typer.Typer(no_args_is_help=True, help="Create signing keys.")
+app.add_typer(keys_app, name="keys")
+
+err = Console(stderr=True)
+out = Console()
+T = TypeVar("T")
+
+
+def fail(exc: RepobuildError) -> None:
+    err.print(f"repobuild: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+def run(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except RepobuildError as exc:
+        fail(exc)
+        raise AssertionError("unreachable") from None
+    except KeyboardInterrupt:
+        err.print("repobuild: interrupted")
+        raise typer.Exit(130) from None
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
+    if not err.is_terminal:
+        yield None
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+@keys_app.command("generate")
+def keys_generate(
+    keydir: Annotated[Path, typer.Argument(help="Folder to write the keys into.")],
+    name: Annotated[str, typer.Option(help="Name on the OpenPGP key.")] = "repobuild signing key",
+    email: Annotated[str, typer.Option(help="E-mail on the OpenPGP key.")] = "repo@example.invalid",
+    gpg_algo: Annotated[str, typer.Option(help="ed25519 or rsa4096.")] = "ed25519",
+    force: Annotated[bool, typer.Option(help="Replace keys already in KEYDIR.")] = False,
+) -> None:
+    """Write a key folder: OpenPGP, cosign, in-toto keys and the public trust.json."""
+    from repobuild.keys import generate_keys
+
+    trust = run(lambda: generate_keys(keydir, name=name, email=email, gpg_algo=gpg_algo,
+                                      force=force))
+    out.print(f"wrote keys to {keydir}", highlight=False)
+    for entry in trust.get("gpg", []):
+        out.print(f"  OpenPGP fingerprint: {entry['fingerprint']}", highlight=False)
+    out.print(f"  trust root to pin: {keydir / 'trust.json'}", highlight=False)
+
+
+@app.command()
+def build(
+    source: Annotated[Path, typer.Argument(help="The release tree.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    keys: Annotated[Path | None, typer.Option(help="Key folder.")] = None,
+    config: Annotated[Path | None, typer.Option(help="repobuild.toml.")] = None,
+    link: Annotated[
+        bool, typer.Option(help="Hard-link blobs instead of copying (see README).")
+    ] = False,
+) -> None:
+    """Build (or update) a signed repository in OUT from SOURCE."""
+    from repobuild.build import build as do_build
+    from repobuild.config import load_config
+    from repobuild.errors import UsageError
+
+    if keys is None:
+        fail(UsageError("no signing keys: pass --keys KEYDIR (see 'repobuild keys generate')"))
+        return
+    cfg = run(lambda: load_config(config))
+    with progress_bar("reading") as bar:
+        result = run(lambda: do_build(source, out_dir, keys, cfg, link=link, progress=bar))
+    for warning in result.warnings:
+        err.print(f"[bold red]WARNING:[/] {warning}", highlight=False)
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(result.by_kind.items())) or "no artifacts"
+    line = (
+        f"built version {result.version} in {out_dir}: {kinds}; "
+        f"{result.new_blobs} new blobs ({result.new_bytes:,} bytes); "
+        f"{result.removed} old files removed; {result.seconds:.2f}s"
+    )
+    if out.is_terminal:
+        table = Table(title=f"repobuild: version {result.version}", show_header=False)
+        table.add_row("output", str(out_dir))
+        table.add_row("artifacts", kinds)
+        table.add_row("new blobs", f"{result.new_blobs} ({result.new_bytes:,} bytes)")
+        table.add_row("removed", str(result.removed))
+        table.add_row("time", f"{result.seconds:.2f}s")
+        out.print(table)
+    else:
+        print(line)
+
+
+def main() -> None:
+    try:
+        app()
+    except RepobuildError as exc:  # pragma: no cover - run() catches these
+        print(f"repobuild: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

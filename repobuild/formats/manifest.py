@@ -1,0 +1,165 @@
+"""index.json: the canonical, signed manifest of a whole output tree."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from repobuild.model import Artifact, FileEntry
+
+MANIFEST_TYPE = "repobuild-index"
+SPEC_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """index.json is malformed."""
+
+
+def canonical(obj: object) -> bytes:
+    """Sorted keys, UTF-8, no insignificant white space: the bytes that are signed."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        raise ManifestError(f"not an RFC 3339 time: {text!r}") from None
+    if when.tzinfo is None:
+        raise ManifestError(f"time without a zone: {text!r}")
+    return when.astimezone(UTC)
+
+
+def artifact_entry(art: Artifact) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "path": art.path,
+        "blob": art.blob,
+        "kind": art.kind,
+        "size": art.size,
+        "sha256": art.sha256,
+        "uploaded": art.uploaded,
+    }
+    if art.sha512:
+        entry["sha512"] = art.sha512
+    if art.name is not None:
+        entry["name"] = art.name
+        entry["version"] = art.version
+    if art.deb is not None:
+        entry["architecture"] = art.deb.architecture
+        entry["component"] = art.component
+    if art.dist is not None and art.dist.requires_python:
+        entry["requires_python"] = art.dist.requires_python
+    if art.metadata_sha256:
+        entry["metadata"] = {"path": art.blob + ".metadata", "sha256": art.metadata_sha256}
+    if art.yanked is not None:
+        entry["yanked"] = art.yanked
+    return entry
+
+
+def file_entry(entry: FileEntry) -> dict[str, Any]:
+    out: dict[str, Any] = {"size": entry.size, "sha256": entry.sha256}
+    if entry.retired:
+        out["retired"] = entry.retired
+    return out
+
+
+@dataclass
+class Manifest:
+    version: int
+    generated: datetime
+    expires: datetime
+    artifacts: list[dict[str, Any]]
+    files: dict[str, FileEntry]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def listed(self) -> dict[str, tuple[int, str]]:
+        """Every path the manifest lists (blobs and files) with its size and SHA-256."""
+        out = {a["blob"]: (int(a["size"]), str(a["sha256"])) for a in self.artifacts}
+        out.update({p: (f.size, f.sha256) for p, f in self.files.items()})
+        return out
+
+
+def render(
+    *,
+    version: int,
+    generated: datetime,
+    expires: datetime,
+    artifacts: list[Artifact],
+    files: dict[str, FileEntry],
+    meta: dict[str, Any],
+) -> bytes:
+    doc = {
+        "type": MANIFEST_TYPE,
+        "spec_version": SPEC_VERSION,
+        "version": version,
+        "generated": rfc3339(generated),
+        "expires": rfc3339(expires),
+        **meta,
+        "artifacts": [artifact_entry(a) for a in sorted(artifacts, key=lambda a: a.path)],
+        "files": {p: file_entry(files[p]) for p in sorted(files)},
+    }
+    return canonical(doc)
+
+
+def _int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ManifestError(f"{what} is not a non-negative integer")
+    return value
+
+
+def _hex(value: object, what: str) -> str:
+    if not isinstance(value, str) or len(value) != 64 or any(
+        c not in "0123456789abcdef" for c in value
+    ):
+        raise ManifestError(f"{what} is not a SHA-256 hex digest")
+    return value
+
+
+def _safe_path(path: object) -> str:
+    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path:
+        raise ManifestError(f"unsafe path {path!r}")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts) or parts[0].startswith("."):
+        raise ManifestError(f"unsafe path {path!r}")
+    return path
+
+
+def parse(data: bytes) -> Manifest:
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("type") != MANIFEST_TYPE:
+        raise ManifestError("not a repobuild index")
+    version = _int(doc.get("version"), "version")
+    generated = parse_time(doc.get("generated"))  # type: ignore[arg-type]
+    expires = parse_time(doc.get("expires"))  # type: ignore[arg-type]
+    arts = doc.get("artifacts")
+    files = doc.get("files")
+    if not isinstance(arts, list) or not isinstance(files, dict):
+        raise ManifestError("artifacts must be a list and files an object")
+    for a in arts:
+        if not isinstance(a, dict):
+            raise ManifestError("an artifact entry is not an object")
+        _safe_path(a.get("blob"))
+        _int(a.get("size"), f"size of {a.get('blob')}")
+        _hex(a.get("sha256"), f"sha256 of {a.get('blob')}")
+    parsed: dict[str, FileEntry] = {}
+    for path, f in files.items():
+        _safe_path(path)
+        if not isinstance(f, dict):
+            raise ManifestError(f"entry of {path} is not an object")
+        retired = f.get("retired")
+        parsed[path] = FileEntry(
+            size=_int(f.get("size"), f"size of {path}"),
+            sha256=_hex(f.get("sha256"), f"sha256 of {path}"),
+            retired=retired if isinstance(retired, str) else None,
+        )
+    meta = {k: v for k, v in doc.items() if k not in ("artifacts", "files")}
+    return Manifest(version, generated, expires, arts, parsed, meta)

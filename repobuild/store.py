@@ -1,0 +1,135 @@
+"""The output tree on disk: atomic writes, blobs placed once, a lock, and local state.
+
+Everything visible is written through a temporary file in ``OUT/.repobuild/tmp`` and a rename,
+so a reader sees either the old or the new bytes of a file, never a part.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from repobuild.errors import UsageError
+
+STATE_DIR = ".repobuild"
+
+
+class OutTree:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state = root / STATE_DIR
+        self.tmp = self.state / "tmp"
+        self._lock_fd: int | None = None
+        self.created_root = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def open(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise UsageError("OUT exists and is not a folder", self.root)
+        if not self.root.exists():
+            self.root.mkdir(parents=True)
+            self.created_root = True
+        self.state.mkdir(exist_ok=True)
+        fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise UsageError(
+                    "another repobuild process is writing this folder", self.root
+                ) from None
+            raise
+        self._lock_fd = fd
+        shutil.rmtree(self.tmp, ignore_errors=True)  # left over from a killed run
+        self.tmp.mkdir()
+
+    def close(self, *, failed: bool) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if failed and self.created_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def temp_path(self) -> Path:
+        return self.tmp / uuid.uuid4().hex
+
+    # -- writing ---------------------------------------------------------------------------
+    def path(self, rel: str) -> Path:
+        return self.root / rel
+
+    def write(self, rel: str, data: bytes) -> None:
+        """Replace ``rel`` atomically with ``data`` (skipped when the bytes are already there)."""
+        dest = self.path(rel)
+        try:
+            if dest.stat().st_size == len(data) and dest.read_bytes() == data:
+                return
+        except OSError:
+            pass
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.temp_path()
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        tmp.chmod(0o644)
+        os.replace(tmp, dest)
+
+    def write_once(self, rel: str, data: bytes) -> bool:
+        """Write an immutable, content-addressed file unless it is there already."""
+        dest = self.path(rel)
+        if dest.exists():
+            return False
+        self.write(rel, data)
+        return True
+
+    def place_blob(self, temp: Path, rel: str) -> bool:
+        """Move a fully written temporary copy into the blob store; never replace a blob."""
+        dest = self.path(rel)
+        if dest.exists():
+            temp.unlink(missing_ok=True)
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        temp.chmod(0o644)
+        os.rename(temp, dest)
+        return True
+
+    def link_blob(self, src: Path, rel: str) -> bool:
+        """Hard-link a source file into the blob store (``--link``)."""
+        dest = self.path(rel)
+        if dest.exists():
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.temp_path()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.rename(tmp, dest)
+        return True
+
+    # -- reading ---------------------------------------------------------------------------
+    def walk(self) -> list[str]:
+        """Every file below OUT except local state, as relative paths."""
+        out = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            here = Path(dirpath)
+            if here == self.root:
+                dirnames[:] = [d for d in dirnames if d != STATE_DIR]
+            for name in filenames:
+                out.append((here / name).relative_to(self.root).as_posix())
+        return sorted(out)
+
+    def remove(self, rel: str) -> None:
+        path = self.path(rel)
+        path.unlink(missing_ok=True)
+        parent = path.parent
+        while parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
