@@ -132,3 +132,43 @@ def main() -> None:
     except RepobuildError as exc:  # pragma: no cover - run() catches these
         print(f"repobuild: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+
+
+@app.command()
+def verify(
+    target: Annotated[str, typer.Argument(help="A folder or an http(s) URL.")],
+    trust: Annotated[Path, typer.Option(help="The pinned trust.json.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    state: Annotated[
+        Path | None, typer.Option(help="Remembers the newest version seen (rollback guard).")
+    ] = None,
+) -> None:
+    """Verify a tree end to end: signatures, expiry, version, every file, every index."""
+    import json
+
+    from repobuild.trust import load_trust
+    from repobuild.verify import open_target
+    from repobuild.verify import verify as do_verify
+
+    policy = run(lambda: load_trust(trust))
+    src = run(lambda: open_target(target))
+    with progress_bar("verifying") as bar:
+        report = run(lambda: do_verify(src, policy, state=state, progress=bar))
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+    else:
+        table = Table(title=f"repobuild verify {target}", show_header=False)
+        table.add_row("result", "[green]OK[/]" if report.ok else "[red]FAILED[/]")
+        table.add_row("version", str(report.version))
+        table.add_row("generated / expires", f"{report.generated} / {report.expires}")
+        for s in report.signatures:
+            table.add_row(f"signature {s.kind}", ("ok " if s.ok else "BAD ") + (s.key or s.reason))
+        table.add_row("files", f"{report.files_checked} ({report.bytes_checked:,} bytes)")
+        table.add_row("checks", ", ".join(report.checks_run))
+        out.print(table)
+    for path, reason in report.failures[:50]:
+        err.print(f"repobuild: verify: {path}: {reason}", markup=False, highlight=False,
+                  soft_wrap=True)
+    if len(report.failures) > 50:
+        err.print(f"repobuild: verify: … and {len(report.failures) - 50} more failures")
+    raise typer.Exit(0 if report.ok else 1)

@@ -417,3 +417,51 @@ def verify_layout(
         ) from exc
     finally:
         in_toto.settings.ARTIFACT_EXCLUDE_PATTERNS = saved_excludes
+
+
+def verify_link_products(
+    layout_bytes: bytes,
+    link_bytes: bytes,
+    owner_public_pem: bytes,
+    *,
+    now: datetime,
+) -> dict[str, str]:
+    """Check the layout (owner's signature, expiry) and the build link (signed by the layout's
+    build functionary) and return the link's products as path -> sha256.
+
+    The caller compares those products with hashes it verified itself, so that a tree is
+    checked against its provenance without reading any file a second time.
+    """
+    from in_toto.models.metadata import Metadata
+
+    try:
+        layout_md = Metadata.from_dict(json.loads(layout_bytes))
+        link_md = Metadata.from_dict(json.loads(link_bytes))
+    except Exception as exc:
+        raise VerificationError(f"malformed in-toto metadata ({exc})") from exc
+    try:
+        owner_key = _key_dict(owner_public_pem)
+    except ValidationError as exc:
+        raise VerificationError(f"layout owner key: {exc}") from exc
+    try:
+        layout_md.verify_signature(owner_key)
+    except Exception as exc:
+        raise VerificationError("layout is not signed by the trusted owner key") from exc
+    layout = layout_md.get_payload()
+    expires = datetime.fromisoformat(str(layout.expires).replace("Z", "+00:00"))
+    if expires < now:
+        raise VerificationError(f"layout expired at {layout.expires}")
+    steps = [s for s in layout.steps if s.name == BUILD_STEP]
+    if not steps:
+        raise VerificationError("layout has no build step")
+    keys = layout.keys
+    for keyid in steps[0].pubkeys:
+        try:
+            link_md.verify_signature(keys[keyid])
+        except Exception:
+            continue
+        link = link_md.get_payload()
+        if link.name != BUILD_STEP:
+            raise VerificationError(f"link is for step {link.name!r}, not {BUILD_STEP!r}")
+        return {p: str(h.get("sha256", "")) for p, h in link.products.items()}
+    raise VerificationError("build link is not signed by the layout's build functionary")
