@@ -23,6 +23,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from repobuild.aptrepo import build_apt
+from repobuild.cache import BuildCache, Stamp
 from repobuild.config import Config, build_time, source_date_epoch
 from repobuild.errors import UsageError, ValidationError
 from repobuild.formats import manifest
@@ -76,15 +77,21 @@ def _previous(tree: OutTree) -> manifest.Manifest | None:
 def _ingest_all(
     files: list[SourceFile],
     tree: OutTree,
+    cache: BuildCache,
     *,
     link: bool,
     sha512: bool,
     progress: Progress | None,
 ) -> list[Ingested]:
+    """Each file read once, or not at all when the cache vouches for it and its blob is there."""
     done = 0
     results: list[Ingested] = []
 
     def one(sf: SourceFile) -> Ingested:
+        stamp = Stamp(sf.size, sf.mtime_ns, sf.ctime_ns, sf.inode)
+        art = cache.lookup(sf.rel, stamp, sha512=sha512)
+        if art is not None and _blob_present(tree, art, cache):
+            return Ingested(art, None, cached=True)
         return ingest(sf.path, sf.rel, None if link else tree.temp_path(), sha512=sha512)
 
     workers = max(2, min(8, (os.cpu_count() or 2) * 2))
@@ -99,6 +106,18 @@ def _ingest_all(
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return results
+
+
+def _blob_present(tree: OutTree, art: Artifact, cache: BuildCache) -> bool:
+    try:
+        if tree.path(art.blob).stat().st_size != art.size:
+            return False
+        if art.kind == "wheel":
+            size = cache.metadata_size(art.path)
+            return size is not None and tree.path(art.blob + ".metadata").stat().st_size == size
+    except OSError:
+        return False
+    return True
 
 
 def _check_duplicates(arts: list[Artifact]) -> None:
@@ -266,6 +285,7 @@ def build(
     config: Config,
     *,
     link: bool = False,
+    rehash: bool = False,
     progress: Progress | None = None,
     on_phase: Callable[[str], None] | None = None,
 ) -> BuildResult:
@@ -288,8 +308,9 @@ def build(
         version = (prev.version + 1) if prev else 1
 
         phase("reading")
+        cache = BuildCache(tree.state, enabled=not rehash)
         ingested = _ingest_all(
-            files, tree, link=link, sha512=config.sha512, progress=progress
+            files, tree, cache, link=link, sha512=config.sha512, progress=progress
         )
         arts = [i.artifact for i in ingested]
         _check_duplicates(arts)
@@ -307,9 +328,9 @@ def build(
         apt = build_apt(debs, config, keys.gpg, now)
         simple = build_simple([a for a in arts if a.dist is not None])
         metadata_files = {
-            a.blob + ".metadata": a.dist.metadata
-            for a in arts
-            if a.kind == "wheel" and a.dist is not None
+            i.artifact.blob + ".metadata": i.artifact.dist.metadata
+            for i in ingested
+            if i.artifact.kind == "wheel" and i.artifact.dist is not None and not i.cached
         }
         pages: dict[str, bytes] = {}
         pages.update(_keys_files(keys))
@@ -321,6 +342,12 @@ def build(
         pages.update(simple)
 
         current: dict[str, FileEntry] = {}
+        for item in ingested:
+            size = cache.metadata_size(item.artifact.path)
+            if item.cached and item.artifact.metadata_sha256 and size is not None:
+                current[item.artifact.blob + ".metadata"] = FileEntry(
+                    size, item.artifact.metadata_sha256
+                )
         for group in (metadata_files, apt.by_hash, apt.mutable, pages):
             for path, data in group.items():
                 current[path] = FileEntry(len(data), _sha256(data))
@@ -352,6 +379,8 @@ def build(
         result = BuildResult(version=version, artifacts=arts)
         for item in ingested:
             art = item.artifact
+            if item.cached:
+                continue
             if item.temp is not None:
                 placed = tree.place_blob(item.temp, art.blob)
             else:
@@ -371,6 +400,12 @@ def build(
         for path, data in signatures.items():
             tree.write(path, data)
         failed = False
+        for item in ingested:
+            if item.stamp is not None:
+                md = metadata_files.get(item.artifact.blob + ".metadata")
+                cache.record(item.artifact, Stamp.of(item.stamp),
+                             len(md) if md is not None else None)
+        cache.save(tree.temp_path())
 
         phase("pruning")
         keep = set(listed) | blob_paths | {INDEX, *signatures}

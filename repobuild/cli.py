@@ -94,6 +94,9 @@ def build(
     link: Annotated[
         bool, typer.Option(help="Hard-link blobs instead of copying (see README).")
     ] = False,
+    rehash: Annotated[
+        bool, typer.Option(help="Ignore the build cache: read and hash every file again.")
+    ] = False,
 ) -> None:
     """Build (or update) a signed repository in OUT from SOURCE."""
     from repobuild.build import build as do_build
@@ -105,7 +108,8 @@ def build(
         return
     cfg = run(lambda: load_config(config))
     with progress_bar("reading") as bar:
-        result = run(lambda: do_build(source, out_dir, keys, cfg, link=link, progress=bar))
+        result = run(lambda: do_build(source, out_dir, keys, cfg, link=link, rehash=rehash,
+                                          progress=bar))
     for warning in result.warnings:
         err.print(f"[bold red]WARNING:[/] {warning}", highlight=False)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(result.by_kind.items())) or "no artifacts"
@@ -172,3 +176,41 @@ def verify(
     if len(report.failures) > 50:
         err.print(f"repobuild: verify: … and {len(report.failures) - 50} more failures")
     raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def publish(
+    out_dir: Annotated[Path, typer.Argument(help="A built tree.")],
+    to: Annotated[
+        list[str], typer.Option("--to", help="Folder, rsync target (rsync:PATH, host:path, "
+                                "rsync://…) or s3://bucket/prefix; repeatable.")
+    ],
+    endpoint_url: Annotated[
+        str | None, typer.Option(help="S3-compatible endpoint (MinIO, R2, moto…).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Push OUT to several destinations: blobs first, index.json last; print the purge list."""
+    import json
+
+    from repobuild.mirror.publish import publish as do_publish
+
+    results = run(lambda: do_publish(out_dir, to, endpoint_url=endpoint_url))
+    purge = sorted({p for r in results for p in r.purge})
+    if as_json:
+        print(json.dumps({"ok": all(r.ok for r in results), "purge": purge,
+                          "destinations": [r.to_json() for r in results]}, indent=2))
+    else:
+        table = Table(title="repobuild publish")
+        for col in ("destination", "result", "uploaded", "skipped", "deleted", "time"):
+            table.add_column(col)
+        for r in results:
+            table.add_row(r.dest, "ok" if r.ok else f"FAILED: {r.error}", str(len(r.uploaded)),
+                          str(r.skipped), str(len(r.deleted)), f"{r.seconds:.2f}s")
+        out.print(table)
+        out.print("purge (CDN invalidation): " + (" ".join(purge) or "nothing"),
+                  highlight=False, soft_wrap=True)
+    for r in results:
+        if not r.ok:
+            err.print(f"repobuild: publish: {r.dest}: {r.error}", markup=False, soft_wrap=True)
+    raise typer.Exit(0 if all(r.ok for r in results) else 1)

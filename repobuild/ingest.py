@@ -33,6 +33,8 @@ class _Feeder(Protocol):
 class Ingested:
     artifact: Artifact
     temp: Path | None  # the copy made while reading, to be renamed into the blob store
+    cached: bool = False  # known from the build cache: not read at all
+    stamp: os.stat_result | None = None  # the file's stat after reading
 
 
 def classify(filename: str) -> str:
@@ -94,7 +96,7 @@ def ingest(src: Path, rel: str, temp: Path | None, *, sha512: bool = False) -> I
         _inspect(art, kind, inspector, src)
     except (DebError, DistError) as exc:
         raise ValidationError(str(exc), rel) from None
-    return Ingested(art, temp)
+    return Ingested(art, temp, stamp=after)
 
 
 def _inspect(art: Artifact, kind: str, inspector: _Feeder | None, src: Path) -> None:

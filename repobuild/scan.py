@@ -16,6 +16,7 @@ class SourceFile:
     size: int
     mtime_ns: int
     inode: int
+    ctime_ns: int = 0
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -66,6 +67,8 @@ def scan_source(source: Path, *, exclude: Path | None = None) -> list[SourceFile
                 raise ValidationError(f"cannot read: {exc.strerror}", rel) from None
             if not target.is_file():
                 continue
-            found.append(SourceFile(target, rel, st.st_size, st.st_mtime_ns, st.st_ino))
+            found.append(
+                SourceFile(target, rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+            )
     found.sort(key=lambda f: f.rel)
     return found
