@@ -28,6 +28,7 @@ from repobuild.config import Config, build_time, source_date_epoch
 from repobuild.errors import UsageError, ValidationError
 from repobuild.formats import manifest
 from repobuild.formats.manifest import ManifestError, rfc3339
+from repobuild.gc import record_history
 from repobuild.ingest import Ingested, ingest
 from repobuild.keys import KeySet, load_keys, make_trust, spki_hint
 from repobuild.model import Artifact, FileEntry
@@ -400,6 +401,7 @@ def build(
         for path, data in signatures.items():
             tree.write(path, data)
         failed = False
+        record_history(tree, version, index_bytes)
         for item in ingested:
             if item.stamp is not None:
                 md = metadata_files.get(item.artifact.blob + ".metadata")

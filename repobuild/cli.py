@@ -214,3 +214,25 @@ def publish(
         if not r.ok:
             err.print(f"repobuild: publish: {r.dest}: {r.error}", markup=False, soft_wrap=True)
     raise typer.Exit(0 if all(r.ok for r in results) else 1)
+
+
+@app.command()
+def gc(
+    out_dir: Annotated[Path, typer.Argument(help="A built tree.")],
+    keep_days: Annotated[
+        float, typer.Option(help="Keep what any index of the last N days lists.")
+    ] = 7.0,
+    dry_run: Annotated[bool, typer.Option(help="Only print what would be removed.")] = False,
+) -> None:
+    """Remove blobs and by-hash files that no index of the last N days lists."""
+    from datetime import UTC, datetime
+
+    from repobuild.gc import collect
+
+    result = run(lambda: collect(out_dir, keep_days=keep_days, now=datetime.now(UTC),
+                                 dry_run=dry_run))
+    verb = "would remove" if dry_run else "removed"
+    for rel, size in result.removed:
+        print(f"{verb} {rel} ({size} bytes)")
+    print(f"{verb} {len(result.removed)} files, {result.bytes:,} bytes "
+          f"(kept what {result.kept_indices} indices list)")
