@@ -37,8 +37,8 @@ from repobuild.scan import SourceFile, scan_source
 from repobuild.signing.gpg import dearmor
 from repobuild.store import OutTree
 from repobuild.templating import render
+from repobuild.trust import KEYLESS_BUNDLE
 
-SIGNATURE_FILES = ("index.json.asc", "index.json.sig", "index.json.sigstore.json")
 INDEX = "index.json"
 
 Progress = Callable[[int, int], None]
@@ -55,6 +55,7 @@ class BuildResult:
     removed: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the tree is valid, but this failed
 
 
 def _previous(tree: OutTree) -> manifest.Manifest | None:
@@ -287,6 +288,9 @@ def build(
     *,
     link: bool = False,
     rehash: bool = False,
+    signers: dict[str, str] | None = None,
+    sigstore: bool = False,
+    identity_token: str | None = None,
     progress: Progress | None = None,
     on_phase: Callable[[str], None] | None = None,
 ) -> BuildResult:
@@ -300,7 +304,7 @@ def build(
 
     phase("scanning")
     files = scan_source(source, exclude=out)
-    keys = load_keys(keydir, faked_time=epoch)
+    keys = load_keys(keydir, faked_time=epoch, signers=signers)
     tree = OutTree(out)
     failed = True
     try:
@@ -374,10 +378,20 @@ def build(
             files=listed, meta=meta,
         )
         signatures = _sign_index(keys, index_bytes)
+        errors: list[str] = []
+        if sigstore:
+            from repobuild.signing.keyless import KeylessError, sign_keyless
+
+            try:
+                signatures[KEYLESS_BUNDLE] = sign_keyless(
+                    index_bytes, identity_token=identity_token
+                )
+            except KeylessError as exc:
+                errors.append(f"{exc} (the tree is built and signed with the other keys)")
 
         # ---- from here on, OUT changes, in the safe order ---------------------------------
         phase("writing")
-        result = BuildResult(version=version, artifacts=arts)
+        result = BuildResult(version=version, artifacts=arts, errors=errors)
         for item in ingested:
             art = item.artifact
             if item.cached:

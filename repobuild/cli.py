@@ -97,6 +97,17 @@ def build(
     rehash: Annotated[
         bool, typer.Option(help="Ignore the build cache: read and hash every file again.")
     ] = False,
+    signer: Annotated[
+        list[str] | None,
+        typer.Option(help="ROLE=URI: a securesystemslib signer (awskms:, gcpkms:, hsm:, "
+                     "hv:, file2:) for cosign, intoto-owner or intoto-builder; repeatable."),
+    ] = None,
+    sigstore: Annotated[
+        bool, typer.Option(help="Also sign index.json keylessly with Sigstore (network).")
+    ] = False,
+    identity_token: Annotated[
+        str | None, typer.Option(help="OIDC token for --sigstore (else ambient credentials).")
+    ] = None,
 ) -> None:
     """Build (or update) a signed repository in OUT from SOURCE."""
     from repobuild.build import build as do_build
@@ -106,10 +117,14 @@ def build(
     if keys is None:
         fail(UsageError("no signing keys: pass --keys KEYDIR (see 'repobuild keys generate')"))
         return
+    from repobuild.signing.uri import parse_signer_options
+
     cfg = run(lambda: load_config(config))
+    uris = run(lambda: parse_signer_options(signer or []))
     with progress_bar("reading") as bar:
         result = run(lambda: do_build(source, out_dir, keys, cfg, link=link, rehash=rehash,
-                                          progress=bar))
+                                      signers=uris, sigstore=sigstore,
+                                      identity_token=identity_token, progress=bar))
     for warning in result.warnings:
         err.print(f"[bold red]WARNING:[/] {warning}", highlight=False)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(result.by_kind.items())) or "no artifacts"
@@ -128,6 +143,10 @@ def build(
         out.print(table)
     else:
         print(line)
+    for problem in result.errors:
+        err.print(f"repobuild: error: {problem}", markup=False, highlight=False, soft_wrap=True)
+    if result.errors:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -107,9 +107,9 @@ class KeySet:
     gpg_public: bytes
     cosign: Any | None = None  # repobuild.signing.cosign.CosignSigner
     cosign_public: bytes | None = None
-    owner_key: bytes | None = None
+    owner_key: Any | None = None  # PEM bytes, or a UriSigner
     owner_public: bytes | None = None
-    builder_key: bytes | None = None
+    builder_key: Any | None = None
     builder_public: bytes | None = None
     trust: dict[str, Any] = field(default_factory=dict)
     insecure_demo: bool = False
@@ -125,7 +125,25 @@ def _read(path: Path) -> bytes:
         raise UsageError(f"cannot read key file: {exc.strerror}", path) from None
 
 
-def load_keys(keydir: Path, *, faked_time: int | None) -> KeySet:
+def _signer_uris(keydir: Path, overrides: dict[str, str] | None) -> dict[str, str]:
+    """Signer URIs from KEYDIR/signers.json, overridden by --signer ROLE=URI."""
+    uris: dict[str, str] = {}
+    path = keydir / "signers.json"
+    if path.is_file():
+        try:
+            doc = json.loads(_read(path))
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"invalid JSON: {exc}", path) from None
+        if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
+            raise UsageError("must map roles to signer URIs", path)
+        uris.update(doc)
+    uris.update(overrides or {})
+    return uris
+
+
+def load_keys(
+    keydir: Path, *, faked_time: int | None, signers: dict[str, str] | None = None
+) -> KeySet:
     if not keydir.is_dir():
         raise UsageError("key folder not found (create one with 'repobuild keys generate')", keydir)
     secret = keydir / "gpg" / "secret.asc"
@@ -141,7 +159,19 @@ def load_keys(keydir: Path, *, faked_time: int | None) -> KeySet:
                 ks.trust = json.loads(_read(trust_path))
             except json.JSONDecodeError as exc:
                 raise UsageError(f"invalid JSON: {exc}", trust_path) from None
-        if (keydir / "cosign.key").is_file():
+        uris = _signer_uris(keydir, signers)
+        if uris:
+            from repobuild.signing.uri import ROLES
+
+            unknown = set(uris) - set(ROLES)
+            if unknown:
+                raise UsageError(f"unknown signer role(s): {', '.join(sorted(unknown))}", keydir)
+        if "cosign" in uris:
+            from repobuild.signing.uri import UriSigner
+
+            ks.cosign = UriSigner(uris["cosign"], _read(keydir / "cosign.pub"), role="cosign")
+            ks.cosign_public = ks.cosign.public_key_pem()
+        elif (keydir / "cosign.key").is_file():
             from repobuild.signing import cosign
 
             ks.cosign = cosign.load_cosign_private_key(
@@ -151,11 +181,16 @@ def load_keys(keydir: Path, *, faked_time: int | None) -> KeySet:
             )
             ks.cosign_public = ks.cosign.public_key_pem()
         intoto_dir = keydir / "intoto"
-        if (intoto_dir / "owner.key").is_file() and (intoto_dir / "builder.key").is_file():
-            ks.owner_key = _read(intoto_dir / "owner.key")
-            ks.owner_public = _read(intoto_dir / "owner.pub")
-            ks.builder_key = _read(intoto_dir / "builder.key")
-            ks.builder_public = _read(intoto_dir / "builder.pub")
+        for role, attr in (("intoto-owner", "owner"), ("intoto-builder", "builder")):
+            pub = intoto_dir / f"{attr}.pub"
+            if role in uris:
+                from repobuild.signing.uri import UriSigner
+
+                setattr(ks, f"{attr}_key", UriSigner(uris[role], _read(pub), role=role))
+                setattr(ks, f"{attr}_public", _read(pub))
+            elif (intoto_dir / f"{attr}.key").is_file():
+                setattr(ks, f"{attr}_key", _read(intoto_dir / f"{attr}.key"))
+                setattr(ks, f"{attr}_public", _read(pub))
     except BaseException:
         signer.close()
         raise

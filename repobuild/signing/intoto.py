@@ -138,9 +138,12 @@ def key_id(public_pem: bytes) -> str:
     return str(_sslib_key(public_pem).keyid)
 
 
-def _signer(private_pem: bytes) -> Any:
+def _signer(private_pem: Any) -> Any:
+    """A securesystemslib signer from PEM bytes; a signer object (from a URI) is used as is."""
     from securesystemslib.signer import CryptoSigner
 
+    if not isinstance(private_pem, bytes):
+        return getattr(private_pem, "sslib_signer", private_pem)
     try:
         private = serialization.load_pem_private_key(private_pem, password=None)
     except (ValueError, TypeError) as exc:
@@ -249,7 +252,7 @@ def _inspection_rules(
 
 
 def make_layout(
-    owner_private_pem: bytes,
+    owner_private_pem: Any,
     builder_public_pem: bytes,
     *,
     expires: datetime,
@@ -312,7 +315,7 @@ def make_layout(
 
 
 def make_link(
-    builder_private_pem: bytes,
+    builder_private_pem: Any,
     *,
     materials: Mapping[str, str],
     products: Mapping[str, str],
