@@ -18,7 +18,7 @@ venv: $(VENV)/.installed
 sysdeps:
 	@bash .ci/sysdeps
 
-demo: venv
+demo: venv sysdeps
 	@bash scripts/demo.sh $(PY) $(DEMO_OUT)
 
 lint: venv
