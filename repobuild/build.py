@@ -325,7 +325,8 @@ def build(
             art.component = config.component_for(art.path)
             if art.dist is not None:
                 art.yanked = config.yank_reason(art.path)
-            if art.kind == "wheel" and art.dist is not None:
+            if art.kind == "wheel" and art.dist is not None and not art.metadata_sha256:
+                # a cached wheel keeps the hash the cache recorded: its metadata is not loaded
                 art.metadata_sha256 = _sha256(art.dist.metadata)
 
         phase("rendering")

@@ -19,7 +19,7 @@ from repobuild.formats.pydist import DistInfo
 from repobuild.model import Artifact
 
 CACHE_FILE = "cache.json"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 1 could hold the SHA-256 of empty core metadata for cached wheels
 
 
 @dataclass(frozen=True)
