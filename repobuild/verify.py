@@ -245,11 +245,15 @@ def _cross_check(
         if path.startswith("dists/") and path.endswith("/Packages"):
             for p, reason in checks.check_packages(index, path, data):
                 report.fail(p, reason)
-    projects = []
+    # the project list comes from index.json, so that one changed project page is blamed
+    # alone, not the root pages that (rightly) still list it
+    projects = sorted(
+        parts[1] for parts in (p.split("/") for p in index.files)
+        if len(parts) == 3 and parts[0] == "simple" and parts[2] == "index.html"
+    )
     for path, html in sorted(kept.items()):
         parts = path.split("/")
         if len(parts) == 3 and parts[0] == "simple" and parts[2] == "index.html":
-            projects.append(parts[1])
             folder = f"simple/{parts[1]}"
             for p, reason in checks.check_simple_project(
                 index, folder, html, kept.get(f"{folder}/index.json")
