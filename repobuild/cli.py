@@ -255,3 +255,78 @@ def gc(
         print(f"{verb} {rel} ({size} bytes)")
     print(f"{verb} {len(result.removed)} files, {result.bytes:,} bytes "
           f"(kept what {result.kept_indices} indices list)")
+
+
+@app.command()
+def sync(
+    upstreams: Annotated[list[str], typer.Argument(help="http(s) URLs or folders, in order.")],
+    to: Annotated[Path, typer.Option("--to", help="The mirror folder.")],
+    trust: Annotated[Path, typer.Option(help="The pinned trust.json.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    grace_days: Annotated[
+        float, typer.Option(help="Keep files the new index no longer lists this long.")
+    ] = 7.0,
+    timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 20.0,
+    workers: Annotated[int, typer.Option(help="Parallel downloads.")] = 8,
+) -> None:
+    """Mirror a tree from the first upstream that answers, verifying before anything lands."""
+    import json
+
+    from repobuild.mirror.sync import sync as do_sync
+    from repobuild.trust import load_trust
+
+    policy = run(lambda: load_trust(trust))
+    result = run(lambda: do_sync(upstreams, to, policy, timeout=timeout, grace_days=grace_days,
+                                 workers=workers))
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    else:
+        table = Table(title=f"repobuild sync → {to}", show_header=False)
+        table.add_row("result", "[green]OK[/]" if result.ok else "[red]FAILED[/]")
+        table.add_row("version", str(result.version))
+        table.add_row("fetched", f"{result.fetched} files ({result.bytes:,} bytes)")
+        table.add_row("already there", str(result.skipped))
+        table.add_row("removed / in grace", f"{result.removed} / {result.in_grace}")
+        for url, s in result.upstreams.items():
+            table.add_row(url, f"{s.files} files, {s.bytes:,} bytes, {len(s.errors)} errors")
+        table.add_row("time", f"{result.seconds:.2f}s")
+        out.print(table)
+    for failure in result.failures[:50]:
+        err.print(f"repobuild: sync: {failure}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command()
+def probe(
+    urls: Annotated[list[str], typer.Argument(help="Mirror URLs.")],
+    trust: Annotated[Path, typer.Option(help="The pinned trust.json.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    sample: Annotated[int, typer.Option(help="Blobs to fetch and hash-check per mirror.")] = 3,
+    timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 10.0,
+) -> None:
+    """Health and freshness of mirrors: signature, expiry, version lag, sampled blobs."""
+    import json
+
+    from repobuild.mirror.probe import probe as do_probe
+    from repobuild.trust import load_trust
+
+    policy = run(lambda: load_trust(trust))
+    results = run(lambda: do_probe(urls, policy, sample=sample, timeout=timeout))
+    if as_json:
+        print(json.dumps([r.to_json() for r in results], indent=2, sort_keys=True))
+    else:
+        table = Table(title="repobuild probe")
+        for col in ("mirror", "health", "latency", "version", "lag", "signature", "sample"):
+            table.add_column(col)
+        for r in results:
+            table.add_row(
+                r.url, "[green]healthy[/]" if r.healthy else "[red]unhealthy[/]",
+                f"{r.latency_ms} ms" if r.latency_ms is not None else "-", str(r.version),
+                str(r.lag), "ok" if r.signature_ok else "BAD",
+                f"{r.sampled} ok" if r.sample_ok else "BAD",
+            )
+        out.print(table)
+    for r in results:
+        for problem in r.problems:
+            err.print(f"repobuild: probe: {r.url}: {problem}", markup=False, soft_wrap=True)
+    raise typer.Exit(0 if all(r.healthy for r in results) else 1)

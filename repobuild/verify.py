@@ -47,6 +47,7 @@ class Report:
     files_checked: int = 0
     bytes_checked: int = 0
     unlisted: list[str] = field(default_factory=list)
+    in_grace: list[str] = field(default_factory=list)
     checks_run: list[str] = field(default_factory=list)
 
     def fail(self, path: str, reason: str) -> None:
@@ -64,6 +65,7 @@ class Report:
             "files_checked": self.files_checked,
             "bytes_checked": self.bytes_checked,
             "unlisted": self.unlisted,
+            "grace": self.in_grace,
             "checks": self.checks_run,
             "failures": [{"path": p, "reason": r} for p, r in self.failures],
         }
@@ -180,6 +182,12 @@ def _verify(
     listing = src.list_files()
     if listing is not None:
         allowed = set(index.listed()) | {"index.json", *SIGNATURE_FILES}
+        if isinstance(src, FolderSource):
+            from repobuild.mirror.sync import grace_files
+
+            # a mirror keeps files the index stopped listing for a grace period
+            report.in_grace = sorted(grace_files(src.root) & set(listing))
+            allowed |= set(report.in_grace)
         report.unlisted = [p for p in listing if p not in allowed]
         for p in report.unlisted:
             report.fail(p, "not listed in index.json")
