@@ -1,0 +1,219 @@
+"""How long a file of the tree may be cached, and what it is: one policy for every host.
+
+A repobuild tree has two kinds of files. Blobs (``blobs/sha256/<hh>/<hex>/<file>`` and their
+``.metadata``) and apt's ``by-hash`` indices are named by their content and never rewritten:
+caches may keep them for a year. Everything else (index.json and its signatures, InRelease,
+Release, Packages, the simple pages, the landing page, keys, in-toto metadata) is rewritten at
+every build and must be revalidated soon; ``stale-if-error`` lets a cache keep serving the last
+good copy while the origin is down, which is safe because every mutable index is signed and
+carries its own expiry (``Valid-Until``, ``expires``).
+
+The same table drives ``repobuild serve``, the S3 uploader (``storage.py``), the ``_headers``
+file of Netlify / Cloudflare Pages style hosts and an nginx configuration, so that a tree
+behaves alike wherever it is hosted. Everything here is pure: no file is read.
+"""
+
+from __future__ import annotations
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+MUTABLE = "public, max-age=60, stale-while-revalidate=300, stale-if-error=86400"
+
+TEXT = "text/plain; charset=utf-8"
+HTML = "text/html; charset=utf-8"
+PEP691_JSON = "application/vnd.pypi.simple.v1+json"
+OCTET = "application/octet-stream"
+
+# apt's indices and signatures have no extension.
+_BY_NAME: dict[str, str] = {
+    "InRelease": TEXT,
+    "Release": TEXT,
+    "Packages": TEXT,
+    "Sources": TEXT,
+    "Release.gpg": "application/pgp-signature",
+}
+
+# Longest suffix first: ".tar.gz" before ".gz".
+_BY_SUFFIX: tuple[tuple[str, str], ...] = (
+    (".tar.gz", "application/gzip"),
+    (".deb", "application/vnd.debian.binary-package"),
+    (".whl", "application/zip"),
+    (".zip", "application/zip"),
+    (".gz", "application/gzip"),
+    (".xz", "application/x-xz"),
+    (".bz2", "application/x-bzip2"),
+    (".zst", "application/zstd"),
+    (".json", "application/json"),
+    (".html", HTML),
+    (".asc", "application/pgp-signature"),
+    (".metadata", "text/plain"),
+    (".sig", "text/plain"),
+    (".layout", "application/json"),
+    (".link", "application/json"),
+    (".gpg", "application/pgp-keys"),  # keys/repo.gpg: a binary keyring (Release.gpg above)
+    (".pub", TEXT),  # PEM public keys
+    (".sources", TEXT),  # keys/repo.sources: a deb822 apt source
+    (".txt", TEXT),
+)
+
+
+def _parts(rel_path: str) -> list[str]:
+    return [p for p in rel_path.replace("\\", "/").split("/") if p not in ("", ".")]
+
+
+def is_immutable(rel_path: str) -> bool:
+    """Whether the file is content-addressed: a blob, or an apt ``by-hash`` index."""
+    parts = _parts(rel_path)
+    return bool(parts) and (parts[0] == "blobs" or "by-hash" in parts[:-1])
+
+
+def cache_control(rel_path: str) -> str:
+    """The ``Cache-Control`` value for a path relative to the tree's root."""
+    return IMMUTABLE if is_immutable(rel_path) else MUTABLE
+
+
+def content_type(rel_path: str) -> str:
+    """The ``Content-Type`` for a path relative to the tree's root."""
+    parts = _parts(rel_path)
+    if not parts:
+        return HTML  # the root folder: its index.html
+    name = parts[-1]
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    if parts[0] == "simple" and name == "index.json":
+        return PEP691_JSON
+    lower = name.lower()
+    for suffix, ctype in _BY_SUFFIX:
+        if lower.endswith(suffix):
+            return ctype
+    return OCTET
+
+
+# -- static hosts --------------------------------------------------------------------------
+# Each URL pattern matches a set of paths no other pattern matches, because Cloudflare Pages
+# joins the values of a header set by several matching rules with a comma (and Netlify's
+# choice between them is its own). ":name" matches one path segment, "*" anything (once).
+_HEADER_RULES: tuple[tuple[str, str, str | None], ...] = (
+    ("/blobs/*", IMMUTABLE, None),
+    ("/dists/:suite/:component/:arch/by-hash/*", IMMUTABLE, None),
+    ("/dists/:suite/InRelease", MUTABLE, TEXT),
+    ("/dists/:suite/Release", MUTABLE, TEXT),
+    ("/dists/:suite/Release.gpg", MUTABLE, "application/pgp-signature"),
+    ("/dists/:suite/:component/:arch/Packages", MUTABLE, TEXT),
+    ("/dists/:suite/:component/:arch/Packages.gz", MUTABLE, "application/gzip"),
+    ("/dists/:suite/:component/:arch/Packages.xz", MUTABLE, "application/x-xz"),
+    ("/simple/*", MUTABLE, None),
+    ("/", MUTABLE, None),
+    ("/index.html", MUTABLE, None),
+    ("/index.json", MUTABLE, "application/json"),
+    ("/index.json.asc", MUTABLE, "application/pgp-signature"),
+    ("/index.json.sig", MUTABLE, "text/plain"),
+    ("/index.json.sigstore.json", MUTABLE, "application/json"),
+    ("/keys/*", MUTABLE, None),
+    ("/in-toto/*", MUTABLE, None),
+)
+
+
+def render_headers_file() -> bytes:
+    """A ``_headers`` file (Netlify, Cloudflare Pages and hosts of their style)."""
+    lines = [
+        "# _headers for a repobuild tree (Netlify, Cloudflare Pages and hosts of that style).",
+        "# Generated by repobuild.mirror.cachepolicy: blobs and by-hash files are immutable,",
+        "# every index is revalidated after a minute.",
+        "#",
+        "# These hosts serve files and cannot negotiate content: they cannot answer",
+        "# 'Accept: application/vnd.pypi.simple.v1+json' on /simple/<name>/ with index.json",
+        "# (PEP 691). pip and uv then read the PEP 503 HTML pages, which say the same; the JSON",
+        "# stays reachable at /simple/<name>/index.json.",
+        "#",
+        "# Patterns do not overlap: a header set by two matching rules would be joined with a",
+        "# comma. If the tree lives under a prefix, put the prefix in front of every pattern.",
+        "# Never upload .repobuild/ (local state): these hosts cannot hide dot-folders.",
+        "",
+    ]
+    for pattern, cache, ctype in _HEADER_RULES:
+        lines.append(pattern)
+        lines.append(f"  Cache-Control: {cache}")
+        if ctype is not None:
+            lines.append(f"  Content-Type: {ctype}")
+        lines.append("  X-Content-Type-Options: nosniff")
+        lines.append("")
+    return "\n".join(lines).encode()
+
+
+def _nginx_types(overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """nginx maps the text after the last dot: ".tar.gz" is "gz"."""
+    table: dict[str, str] = {}
+    for suffix, ctype in reversed(_BY_SUFFIX):
+        table[suffix.rsplit(".", 1)[1]] = ctype
+    table.update(overrides or {})
+    return dict(sorted(table.items()))
+
+
+def _nginx_location(head: str, cache: str, types: dict[str, str], default_type: str,
+                    extra: tuple[str, ...] = ()) -> list[str]:
+    out = [f"    location {head} {{"]
+    out += [f"        {line}" for line in extra]
+    out.append(f'        add_header Cache-Control "{cache}";')
+    out.append("        add_header X-Content-Type-Options nosniff;")
+    out.append("        types {")
+    out += [f'            "{ctype}" {ext};' for ext, ctype in types.items()]
+    out.append("        }")
+    out.append(f'        default_type "{default_type}";')
+    out.append("    }")
+    return out
+
+
+# PEP 691 negotiation with a regular expression: JSON when the client lists the JSON type
+# first (pip and uv do) with a q-value above 0, or when it lists no type that HTML satisfies.
+# A full q-value comparison needs a program (repobuild serve does one).
+_JSON_RE = r"application/vnd\.pypi\.simple\.v1\+json"
+_Q_ZERO = r"\s*q\s*=\s*0(\.0{0,3})?\s*(,|$)"
+_HTML_RE = r"(text/html|application/vnd\.pypi\.simple\.v1\+html|\*/\*|text/\*)"
+_PEP691_MAP = "\n".join([
+    "map $http_accept $pep691_index {",
+    "    default index.html;",
+    f'    "~*^\\s*{_JSON_RE}\\s*(,|$|;(?!{_Q_ZERO}))" index.json;',
+    f'    "~*^(?!.*{_HTML_RE}).*{_JSON_RE}" index.json;',
+    "}",
+])
+
+
+def render_nginx_snippet(root: str = "/srv/repobuild", listen: str = "80",
+                         server_name: str = "_") -> bytes:
+    """An nginx configuration for the ``http {}`` context (e.g. ``conf.d/repobuild.conf``):
+    the PEP 691 ``map`` and a ``server`` whose locations carry this module's policy."""
+    lines = [
+        "# nginx configuration for a repobuild tree; generated by repobuild.mirror.cachepolicy.",
+        "# Include it in the http {} context (Debian: /etc/nginx/conf.d/repobuild.conf) and set",
+        "# root, listen and server_name. The tree is served at the site root.",
+        "",
+        "# PEP 691: /simple/ and /simple/<name>/ answer index.json to clients that ask for",
+        "# application/vnd.pypi.simple.v1+json first, index.html to everyone else.",
+        _PEP691_MAP,
+        "",
+        "server {",
+        f"    listen {listen};",
+        f"    server_name {server_name};",
+        f"    root {root};",
+        "    autoindex off;",
+        "    index index.html;",
+        "    etag on;",
+        "    charset off;",
+        "",
+        "    # Dot-files and dot-folders (.repobuild/: local state) are never served.",
+        "    location ~ /\\. {",
+        "        deny all;",
+        "    }",
+        "",
+        "    # Content-addressed: apt's by-hash indices and the blobs.",
+    ]
+    lines += _nginx_location("~ ^/dists/.+/by-hash/", IMMUTABLE, {}, OCTET)
+    lines += _nginx_location("/blobs/", IMMUTABLE, _nginx_types(), OCTET)
+    lines += ["", "    # Rewritten at every build."]
+    lines += _nginx_location("/dists/", MUTABLE,
+                             _nginx_types({"gpg": "application/pgp-signature"}), TEXT)
+    lines += _nginx_location("/simple/", MUTABLE, _nginx_types({"json": PEP691_JSON}), HTML,
+                             ("index $pep691_index index.html;", "add_header Vary Accept;"))
+    lines += _nginx_location("/", MUTABLE, _nginx_types(), OCTET)
+    lines.append("}")
+    return ("\n".join(lines) + "\n").encode()
