@@ -31,6 +31,7 @@ from repobuild.formats.manifest import ManifestError, rfc3339
 from repobuild.gc import record_history
 from repobuild.ingest import Ingested, ingest
 from repobuild.keys import KeySet, load_keys, make_trust, spki_hint
+from repobuild.mirror.cachepolicy import render_headers_file, render_nginx_snippet
 from repobuild.model import Artifact, FileEntry
 from repobuild.pyrepo import build_simple
 from repobuild.scan import SourceFile, scan_source
@@ -346,6 +347,8 @@ def build(
             arts=arts, components=apt.components,
         )
         pages.update(simple)
+        pages["_headers"] = render_headers_file()
+        pages["nginx-repobuild.conf"] = render_nginx_snippet()
 
         current: dict[str, FileEntry] = {}
         for item in ingested:

@@ -17,12 +17,9 @@ from typing import Any
 from repobuild.errors import UsageError, ValidationError
 from repobuild.formats import manifest
 from repobuild.formats.manifest import Manifest, ManifestError
+from repobuild.mirror.cachepolicy import is_immutable
 from repobuild.mirror.storage import Storage, open_storage
 from repobuild.trust import SIGNATURE_FILES
-
-
-def is_immutable(rel: str) -> bool:
-    return rel.startswith("blobs/") or "/by-hash/" in rel
 
 
 @dataclass

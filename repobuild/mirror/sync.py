@@ -36,6 +36,7 @@ from typing import Any
 from repobuild.errors import UsageError, VerificationError
 from repobuild.formats import manifest
 from repobuild.formats.manifest import Manifest, ManifestError, rfc3339
+from repobuild.mirror.cachepolicy import is_immutable
 from repobuild.sources import CHUNK, FetchError, FolderSource, HttpSource
 from repobuild.store import OutTree
 from repobuild.trust import SIGNATURE_FILES, TrustPolicy
@@ -78,9 +79,6 @@ class SyncResult:
             "failures": self.failures,
         }
 
-
-def is_immutable(rel: str) -> bool:
-    return rel.startswith("blobs/") or "/by-hash/" in rel
 
 
 def read_state(dest: Path) -> dict[str, Any]:
