@@ -330,3 +330,19 @@ def probe(
         for problem in r.problems:
             err.print(f"repobuild: probe: {r.url}: {problem}", markup=False, soft_wrap=True)
     raise typer.Exit(0 if all(r.healthy for r in results) else 1)
+
+
+@app.command()
+def serve(
+    directory: Annotated[Path, typer.Argument(help="A built tree.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
+    quiet: Annotated[bool, typer.Option(help="No access log on standard error.")] = False,
+) -> None:
+    """Serve a tree over HTTP for apt and pip: ranges, ETags, cache headers, PEP 691.
+
+    Stops cleanly on Ctrl-C or SIGTERM (exit 0).
+    """
+    from repobuild.mirror.serve import serve as do_serve
+
+    run(lambda: do_serve(directory, host, port, quiet=quiet))

@@ -36,6 +36,9 @@ CHUNK = 256 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PEP691_HTML = "application/vnd.pypi.simple.v1+html"
+# PEP 691: "latest" names the newest version this server has, which is v1.
+_LATEST = {"application/vnd.pypi.simple.latest+json": PEP691_JSON,
+           "application/vnd.pypi.simple.latest+html": _PEP691_HTML}
 
 
 class RepoHTTPServer(ThreadingHTTPServer):
@@ -92,6 +95,7 @@ def _accept_ranges(header: str) -> list[tuple[str, float]]:
     for item in header.split(","):
         fields = [f.strip() for f in item.split(";")]
         media = fields[0].lower()
+        media = _LATEST.get(media, media)
         if "/" not in media:
             continue
         q = 1.0
@@ -438,6 +442,8 @@ def make_server(root: str | os.PathLike[str], host: str = "127.0.0.1", port: int
     """A server for the tree at ``root``, bound and listening but not yet serving
     (``serve_forever()`` in a thread; port 0 picks a free port: ``server_address[1]``)."""
     path = Path(root)
+    if not 0 <= port <= 65535:
+        raise UsageError(f"port {port} is not between 0 and 65535")
     if not path.is_dir():
         raise UsageError("not a folder to serve", path)
     cls = _IPv6Server if ":" in host else RepoHTTPServer
