@@ -82,6 +82,8 @@ def ingest(src: Path, rel: str, temp: Path | None, *, sha512: bool = False) -> I
         after = os.stat(src)
     except OSError as exc:
         raise ValidationError(f"cannot read: {exc.strerror or exc}", rel) from None
+    except (DebError, DistError) as exc:  # an inspector can refuse the first bytes it is fed
+        raise ValidationError(str(exc), rel) from None
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
         raise ValidationError("the file changed while it was being read", rel)
     art = Artifact(
