@@ -71,7 +71,7 @@ def check_release(index: Manifest, suite_dir: str, release: bytes) -> list[Failu
 def check_packages(index: Manifest, path: str, data: bytes) -> list[Failure]:
     """Each stanza names a listed .deb blob with its size and SHA-256."""
     out: list[Failure] = []
-    blobs = {a["blob"]: a for a in index.artifacts}
+    blobs = index.by_blob
     for stanza in Deb822.iter_paragraphs(data.decode("utf-8", "replace")):
         fn = stanza.get("Filename", "")
         art = blobs.get(fn)
@@ -110,7 +110,7 @@ def check_simple_project(
     """A project page's links, hashes and metadata against index.json, and its JSON twin."""
     out: list[Failure] = []
     path = f"{folder}/index.html"
-    arts = {a["blob"]: a for a in index.artifacts}
+    arts = index.by_blob
     seen: dict[str, dict[str, Any]] = {}
     for attrs in _links(html):
         href = attrs.get("href") or ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
 from repobuild.model import Artifact, FileEntry
@@ -77,6 +78,11 @@ class Manifest:
     artifacts: list[dict[str, Any]]
     files: dict[str, FileEntry]
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def by_blob(self) -> dict[str, dict[str, Any]]:
+        """Artifact entries by blob path (computed once)."""
+        return {a["blob"]: a for a in self.artifacts}
 
     def listed(self) -> dict[str, tuple[int, str]]:
         """Every path the manifest lists (blobs and files) with its size and SHA-256."""
