@@ -26,7 +26,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, TextIO
 from urllib.parse import quote, unquote, urlsplit
 
 from repobuild.errors import UsageError
@@ -47,10 +47,12 @@ class RepoHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], root: Path, quiet: bool) -> None:
+    def __init__(self, address: tuple[str, int], root: Path, quiet: bool,
+                 log: TextIO | None = None) -> None:
         self.root = root
         self.real_root = os.path.realpath(root)
         self.quiet = quiet
+        self.log = log  # None: standard error
         self.log_lock = threading.Lock()
         super().__init__(address, RepoHandler)
 
@@ -250,10 +252,10 @@ class RepoHandler(BaseHTTPRequestHandler):
         if self.server.quiet:
             return
         text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", format % args)
+        stream = self.server.log or sys.stderr
         with self.server.log_lock:
-            sys.stderr.write(f"{self.address_string()} - - [{self.log_date_time_string()}] "
-                             f"{text}\n")
-            sys.stderr.flush()
+            stream.write(f"{self.address_string()} - - [{self.log_date_time_string()}] {text}\n")
+            stream.flush()
 
     def _access_log(self) -> None:
         agent = self.headers.get("User-Agent", "-") if self.headers else "-"
@@ -438,9 +440,10 @@ class RepoHandler(BaseHTTPRequestHandler):
 
 # -- server --------------------------------------------------------------------------------
 def make_server(root: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 8000,
-                quiet: bool = False) -> ThreadingHTTPServer:
+                quiet: bool = False, log: TextIO | None = None) -> ThreadingHTTPServer:
     """A server for the tree at ``root``, bound and listening but not yet serving
-    (``serve_forever()`` in a thread; port 0 picks a free port: ``server_address[1]``)."""
+    (``serve_forever()`` in a thread; port 0 picks a free port: ``server_address[1]``).
+    One access-log line per request goes to ``log`` (standard error) unless ``quiet``."""
     path = Path(root)
     if not 0 <= port <= 65535:
         raise UsageError(f"port {port} is not between 0 and 65535")
@@ -448,7 +451,7 @@ def make_server(root: str | os.PathLike[str], host: str = "127.0.0.1", port: int
         raise UsageError("not a folder to serve", path)
     cls = _IPv6Server if ":" in host else RepoHTTPServer
     try:
-        return cls((host, port), path, quiet)
+        return cls((host, port), path, quiet, log)
     except OSError as exc:
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
