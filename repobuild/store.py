@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import shutil
 import uuid
@@ -25,6 +26,7 @@ class OutTree:
         self.tmp = self.state / "tmp"
         self._lock_fd: int | None = None
         self.created_root = False
+        self._staged: dict[str, Path] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
@@ -114,14 +116,45 @@ class OutTree:
     # -- reading ---------------------------------------------------------------------------
     def walk(self) -> list[str]:
         """Every file below OUT except local state, as relative paths."""
-        out = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            here = Path(dirpath)
-            if here == self.root:
+        out: list[str] = []
+        root = str(self.root)
+        cut = len(root) + 1
+        for dirpath, dirnames, filenames in os.walk(root):
+            if dirpath == root:
                 dirnames[:] = [d for d in dirnames if d != STATE_DIR]
-            for name in filenames:
-                out.append((here / name).relative_to(self.root).as_posix())
+                out.extend(filenames)
+                continue
+            prefix = dirpath[cut:] + "/"
+            out.extend(prefix + name for name in filenames)
         return sorted(out)
+
+    # -- staging: render now, land later -----------------------------------------------------
+    def stage(self, rel: str, data: bytes) -> tuple[int, str]:
+        """Write ``data`` aside now (unless OUT already holds exactly these bytes); returns
+        (size, sha256). :meth:`commit` puts it in place later, by a rename."""
+        size, digest = len(data), hashlib.sha256(data).hexdigest()
+        dest = self.path(rel)
+        try:
+            if dest.stat().st_size == size and dest.read_bytes() == data:
+                return size, digest
+        except OSError:
+            pass
+        tmp = self.temp_path()
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        tmp.chmod(0o644)
+        self._staged[rel] = tmp
+        return size, digest
+
+    def commit(self, rel: str) -> bool:
+        """Land a staged file; False when OUT already held it."""
+        tmp = self._staged.pop(rel, None)
+        if tmp is None:
+            return False
+        dest = self.path(rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+        return True
 
     def remove(self, rel: str) -> None:
         path = self.path(rel)

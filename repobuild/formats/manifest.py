@@ -100,17 +100,33 @@ def render(
     files: dict[str, FileEntry],
     meta: dict[str, Any],
 ) -> bytes:
-    doc = {
+    """The canonical document, assembled entry by entry: the same bytes as ``canonical`` of
+    the whole, without ever holding the whole as Python objects (100,000 artifacts)."""
+    top: dict[str, Any] = {
         "type": MANIFEST_TYPE,
         "spec_version": SPEC_VERSION,
         "version": version,
         "generated": rfc3339(generated),
         "expires": rfc3339(expires),
         **meta,
-        "artifacts": [artifact_entry(a) for a in sorted(artifacts, key=lambda a: a.path)],
-        "files": {p: file_entry(files[p]) for p in sorted(files)},
     }
-    return canonical(doc)
+    big = {"artifacts", "files"}
+    parts: list[bytes] = []
+    for key in sorted(top.keys() | big):
+        name = canonical(key)
+        if key == "artifacts":
+            entries = (canonical(artifact_entry(a)) for a in sorted(artifacts, key=_by_path))
+            parts.append(name + b":[" + b",".join(entries) + b"]")
+        elif key == "files":
+            pairs = (canonical(p) + b":" + canonical(file_entry(files[p])) for p in sorted(files))
+            parts.append(name + b":{" + b",".join(pairs) + b"}")
+        else:
+            parts.append(name + b":" + canonical(top[key]))
+    return b"{" + b",".join(parts) + b"}"
+
+
+def _by_path(art: Artifact) -> str:
+    return art.path
 
 
 def _int(value: object, what: str) -> int:

@@ -38,6 +38,7 @@ product, fails the verification.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import re
 import warnings
@@ -192,10 +193,15 @@ def _check_path(path: str, what: str) -> None:
         raise ValidationError(f"{what} path {path!r} is not a clean relative path")
 
 
+_CLEAN_PATH = re.compile(r"(?!/)(?:(?!\.\.?(?:/|$))[^/\\\x00]+(?:/|$))+")
+
+
 def _artifacts(entries: Mapping[str, str], what: str) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for path, digest in entries.items():
-        _check_path(path, what)
+        if not (isinstance(path, str) and _CLEAN_PATH.fullmatch(path)) or path.endswith("/"):
+            _check_path(path, what)  # raises with the reason
+            raise ValidationError(f"{what} path {path!r} is not a clean relative path")
         if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
             raise ValidationError(f"{what} {path!r}: sha256 must be 64 lowercase hex digits")
         out[path] = {"sha256": digest}
@@ -329,34 +335,57 @@ def make_link(
     files written after the link (index.json and its signatures, ``in-toto/*``) nor
     ``.repobuild/*``: the layout refuses them.
     """
-    from fnmatch import fnmatchcase
-
-    from in_toto.models.link import Link
-    from in_toto.models.metadata import Metablock
-
     signer = _signer(builder_private_pem)
-    for path in products:
-        if step == BUILD_STEP and any(fnmatchcase(path, p) for p in RESERVED_PATTERNS):
-            raise ValidationError(
-                f"product {path!r} is written after the link or never served; leave it out"
-            )
+    reserved = re.compile("|".join(fnmatch.translate(p) for p in RESERVED_PATTERNS))
+    if step == BUILD_STEP:
+        for path in products:
+            if reserved.match(path):
+                raise ValidationError(
+                    f"product {path!r} is written after the link or never served; leave it out"
+                )
+    signed = {
+        "_type": "link",
+        "byproducts": {},
+        "command": list(command),
+        "environment": {},
+        "materials": _artifacts(materials, "material"),
+        "name": step,
+        "products": _artifacts(products, "product"),
+    }
     try:
-        link = Link(
-            name=step,
-            materials=_artifacts(materials, "material"),
-            products=_artifacts(products, "product"),
-            command=list(command),
-            byproducts={},
-            environment={},
-        )
-        metablock = Metablock(signed=link)
-        metablock.create_signature(signer)
-    except ValidationError:
-        raise
+        signature = signer.sign(_canonical_bytes(signed))
     except Exception as exc:
-        raise ValidationError(f"cannot make the in-toto link: {exc}") from exc
+        raise ValidationError(f"cannot sign the in-toto link: {exc}") from exc
+    document = {"signatures": [signature.to_dict()], "signed": signed}
     name = f"{step}.{signer.public_key.keyid[:8]}.link"
-    return name, _dumps(metablock.to_dict())
+    return name, _dumps(document)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+def _canonical_bytes(document: Mapping[str, Any]) -> bytes:
+    """OLPC canonical JSON, the bytes in-toto signs. For documents whose strings hold no
+    control characters it is exactly sorted, compact ``json.dumps`` without ASCII escaping,
+    which is fast at 100,000 products; anything else goes through securesystemslib."""
+    if any(_CONTROL.search(s) for s in _strings(document)):
+        from securesystemslib.formats import encode_canonical
+
+        return str(encode_canonical(dict(document))).encode("utf-8")
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8")
+
+
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _strings(v)
 
 
 # ------------------------------------------------------------------------------ verification
@@ -436,10 +465,13 @@ def verify_link_products(
     checked against its provenance without reading any file a second time.
     """
     from in_toto.models.metadata import Metadata
+    from securesystemslib.signer import Signature, SSlibKey
 
     try:
         layout_md = Metadata.from_dict(json.loads(layout_bytes))
-        link_md = Metadata.from_dict(json.loads(link_bytes))
+        link_doc = json.loads(link_bytes)
+        link_signed = link_doc["signed"]
+        link_sigs = [Signature.from_dict(dict(sig)) for sig in link_doc["signatures"]]
     except Exception as exc:
         raise VerificationError(f"malformed in-toto metadata ({exc})") from exc
     try:
@@ -457,14 +489,25 @@ def verify_link_products(
     steps = [s for s in layout.steps if s.name == BUILD_STEP]
     if not steps:
         raise VerificationError("layout has no build step")
-    keys = layout.keys
+    # The link can hold 100,000 products: its canonical bytes are made here, fast, and its
+    # signature checked with securesystemslib directly (same bytes, same check as in-toto).
+    if not isinstance(link_signed, dict) or link_signed.get("_type") != "link":
+        raise VerificationError("the build link is not an in-toto link")
+    payload = _canonical_bytes(link_signed)
     for keyid in steps[0].pubkeys:
-        try:
-            link_md.verify_signature(keys[keyid])
-        except Exception:
-            continue
-        link = link_md.get_payload()
-        if link.name != BUILD_STEP:
-            raise VerificationError(f"link is for step {link.name!r}, not {BUILD_STEP!r}")
-        return {p: str(h.get("sha256", "")) for p, h in link.products.items()}
+        key_data = dict(layout.keys[keyid])
+        key = SSlibKey.from_dict(keyid, {k: v for k, v in key_data.items() if k != "keyid"})
+        for sig in link_sigs:
+            if sig.keyid != keyid:
+                continue
+            try:
+                key.verify_signature(sig, payload)
+            except Exception:
+                continue
+            if link_signed.get("name") != BUILD_STEP:
+                raise VerificationError(
+                    f"link is for step {link_signed.get('name')!r}, not {BUILD_STEP!r}"
+                )
+            products = link_signed.get("products") or {}
+            return {p: str(h.get("sha256", "")) for p, h in products.items()}
     raise VerificationError("build link is not signed by the layout's build functionary")
