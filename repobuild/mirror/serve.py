@@ -26,7 +26,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
-from typing import IO, TextIO
+from typing import IO, Any, TextIO
 from urllib.parse import quote, unquote, urlsplit
 
 from repobuild.errors import UsageError
@@ -54,7 +54,39 @@ class RepoHTTPServer(ThreadingHTTPServer):
         self.quiet = quiet
         self.log = log  # None: standard error
         self.log_lock = threading.Lock()
+        self._active: dict[threading.Thread, socket.socket] = {}
+        self._active_lock = threading.Lock()
         super().__init__(address, RepoHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One thread per connection, remembered so that closing can drain them."""
+        thread = threading.Thread(target=self._run_connection, args=(request, client_address),
+                                  daemon=True)
+        with self._active_lock:
+            self._active[thread] = request
+        thread.start()
+
+    def _run_connection(self, request: Any, client_address: Any) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            with self._active_lock:
+                self._active.pop(threading.current_thread(), None)
+
+    def server_close(self, grace: float = 5.0) -> None:
+        """Stop listening, end idle keep-alive connections, and give responses under way up to
+        ``grace`` seconds to finish (and be logged) before giving up on them."""
+        super().server_close()
+        with self._active_lock:
+            active = dict(self._active)
+        for conn in active.values():
+            try:
+                conn.shutdown(socket.SHUT_RD)  # a handler waiting for a request sees EOF
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        for thread in active:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class _IPv6Server(RepoHTTPServer):
