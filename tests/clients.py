@@ -175,3 +175,98 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, int, bytes]]:
             out[path.relative_to(root).as_posix()] = (
                 st.st_ino, st.st_size, st.st_mtime_ns, path.read_bytes())
     return out
+
+
+# -- building trees and reading fixture packages (for test_apt, test_pip, test_gpgv) ---------
+def build_repo(source: Path, out: Path, keys: Path = DEMO_KEYS, *,
+               source_date_epoch: int | None = None) -> Path:
+    """``repobuild build SOURCE --out OUT --keys KEYS``; raises with stderr on failure.
+
+    ``SOURCE_DATE_EPOCH`` is taken from the argument only, never from the caller's environment,
+    so that a CI setting cannot turn a fresh build into an expired one."""
+    env = dict(os.environ)
+    env.pop("SOURCE_DATE_EPOCH", None)
+    if source_date_epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = str(source_date_epoch)
+    proc = subprocess.run(
+        [sys.executable, "-m", "repobuild", "build", str(source), "--out", str(out),
+         "--keys", str(keys)],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"repobuild build {source} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return out
+
+
+@dataclass(frozen=True)
+class DebInfo:
+    path: Path
+    package: str
+    version: str
+    architecture: str
+
+
+def deb_info(path: Path) -> DebInfo:
+    """Package, Version and Architecture as ``dpkg-deb --field`` reads them from the file."""
+    out = subprocess.run(["dpkg-deb", "--field", str(path), "Package", "Version", "Architecture"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout
+    fields = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    return DebInfo(path, fields["Package"], fields["Version"], fields["Architecture"])
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    path: Path
+    name: str
+    version: str
+    requires: tuple[str, ...]  # names of the Requires-Dist entries
+    sha256: str
+
+
+def dist_info(path: Path) -> DistInfo:
+    """Name, Version and Requires-Dist from a wheel's METADATA or an sdist's PKG-INFO."""
+    import email.parser
+    import hashlib
+    import re
+    import tarfile
+    import zipfile
+
+    data = path.read_bytes()
+    if path.name.endswith(".whl"):
+        with zipfile.ZipFile(path) as zf:
+            name = next(n for n in zf.namelist()
+                        if n.count("/") == 1 and n.endswith(".dist-info/METADATA"))
+            text = zf.read(name).decode()
+    else:
+        with tarfile.open(path) as tf:
+            member = next(m for m in tf.getmembers()
+                          if m.name.count("/") == 1 and m.name.endswith("/PKG-INFO"))
+            fobj = tf.extractfile(member)
+            assert fobj is not None
+            text = fobj.read().decode()
+    msg = email.parser.Parser().parsestr(text, headersonly=True)
+    requires = tuple(re.split(r"[\s<>=!~;\[(]", r.strip(), maxsplit=1)[0]
+                     for r in msg.get_all("Requires-Dist") or [])
+    return DistInfo(path, msg["Name"], msg["Version"], requires,
+                    hashlib.sha256(data).hexdigest())
+
+
+def blob_of(out: Path, source_file: Path) -> Path:
+    """The blob in OUT that stores ``source_file`` (found by the file's own SHA-256)."""
+    import hashlib
+
+    digest = hashlib.sha256(source_file.read_bytes()).hexdigest()
+    return out / "blobs" / "sha256" / digest[:2] / digest / source_file.name
+
+
+def flip_byte(path: Path, offset: int | None = None) -> None:
+    """XOR one byte (the middle one by default) of a file with 0x01."""
+    data = bytearray(path.read_bytes())
+    at = len(data) // 2 if offset is None else offset
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def have_tool(name: str) -> bool:
+    return shutil.which(name) is not None
