@@ -488,19 +488,20 @@ def make_server(root: str | os.PathLike[str], host: str = "127.0.0.1", port: int
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-class _Stop(Exception):
-    pass
-
-
 @contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """Turn SIGTERM (and SIGINT) into a clean stop of serve_forever in the main thread."""
+def _stop_on_signals(httpd: ThreadingHTTPServer) -> Iterator[None]:
+    """SIGTERM and SIGINT ask serve_forever to return (from a helper thread: shutdown() waits
+    for the loop, which runs in this one). Raising from the handler instead could be lost:
+    socketserver reports and swallows any Exception raised while it dispatches a request."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    asked = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise _Stop(signum)
+        if not asked.is_set():
+            asked.set()
+            threading.Thread(target=httpd.shutdown, name="repobuild-stop", daemon=True).start()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -525,10 +526,10 @@ def serve(root: str | os.PathLike[str], host: str = "127.0.0.1", port: int = 800
     sys.stderr.flush()
     started = time.monotonic()
     try:
-        with _stop_on_signals():
+        with _stop_on_signals(httpd):
             try:
-                httpd.serve_forever(poll_interval=0.25)
-            except (_Stop, KeyboardInterrupt):
+                httpd.serve_forever(poll_interval=0.1)
+            except KeyboardInterrupt:  # serving outside the main thread: no handler of ours
                 pass
     finally:
         httpd.server_close()
