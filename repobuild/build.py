@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,7 +30,7 @@ from repobuild.formats import manifest
 from repobuild.formats.manifest import ManifestError, rfc3339
 from repobuild.gc import record_history
 from repobuild.ingest import Ingested, ingest
-from repobuild.keys import KeySet, load_keys, make_trust, spki_hint
+from repobuild.keys import KeySet, check_keydir, load_keys, make_trust, spki_hint
 from repobuild.mirror.cachepolicy import render_headers_file, render_nginx_snippet
 from repobuild.model import Artifact, FileEntry
 from repobuild.pyrepo import build_simple
@@ -305,9 +305,14 @@ def build(
 
     phase("scanning")
     files = scan_source(source, exclude=out)
-    keys = load_keys(keydir, faked_time=epoch, signers=signers)
+    check_keydir(keydir)
+    # Unlocking keys (gpg import, the cosign key's scrypt) overlaps with reading the files.
+    key_pool = ThreadPoolExecutor(max_workers=1)
+    keys_job = key_pool.submit(load_keys, keydir, faked_time=epoch, signers=signers)
+    key_pool.shutdown(wait=False)
     tree = OutTree(out)
     failed = True
+    metadata_sizes: dict[str, int] = {}
     try:
         tree.open()
         prev = _previous(tree)
@@ -331,35 +336,48 @@ def build(
                 art.metadata_sha256 = _sha256(art.dist.metadata)
 
         phase("rendering")
+        keys = keys_job.result()
         debs = [a for a in arts if a.deb is not None]
         apt = build_apt(debs, config, keys.gpg, now)
-        simple = build_simple([a for a in arts if a.dist is not None])
-        metadata_files = {
-            i.artifact.blob + ".metadata": i.artifact.dist.metadata
-            for i in ingested
-            if i.artifact.kind == "wheel" and i.artifact.dist is not None and not i.cached
-        }
-        pages: dict[str, bytes] = {}
-        pages.update(_keys_files(keys))
-        pages["keys/repo.sources"] = _repo_sources(config, apt.components, keys.gpg_public)
-        pages["index.html"] = _landing(
-            config=config, keys=keys, version=version, now=now, expires=expires,
-            arts=arts, components=apt.components,
-        )
-        pages.update(simple)
-        pages["_headers"] = render_headers_file()
-        pages["nginx-repobuild.conf"] = render_nginx_snippet()
-
+        # Everything rendered is staged at once (written aside, or found identical in OUT) and
+        # only its size and hash kept; the renames into place come in the writing phase.
         current: dict[str, FileEntry] = {}
+        immutable: list[str] = []
+        mutable: list[str] = []
+
+        def stage(path: str, data: bytes, group: list[str]) -> None:
+            size, digest = tree.stage(path, data)
+            current[path] = FileEntry(size, digest)
+            group.append(path)
+
         for item in ingested:
-            size = cache.metadata_size(item.artifact.path)
-            if item.cached and item.artifact.metadata_sha256 and size is not None:
-                current[item.artifact.blob + ".metadata"] = FileEntry(
-                    size, item.artifact.metadata_sha256
-                )
-        for group in (metadata_files, apt.by_hash, apt.mutable, pages):
-            for path, data in group.items():
-                current[path] = FileEntry(len(data), _sha256(data))
+            art = item.artifact
+            if art.kind != "wheel" or art.dist is None:
+                continue
+            size = cache.metadata_size(art.path)
+            if item.cached and art.metadata_sha256 and size is not None:
+                current[art.blob + ".metadata"] = FileEntry(size, art.metadata_sha256)
+            else:
+                stage(art.blob + ".metadata", art.dist.metadata, immutable)
+                metadata_sizes[art.path] = len(art.dist.metadata)
+        for path, data in apt.by_hash.items():
+            stage(path, data, immutable)
+        for path, data in apt.mutable.items():
+            stage(path, data, mutable)
+        components = apt.components
+        del apt
+        for path, data in _keys_files(keys).items():
+            stage(path, data, mutable)
+        stage("keys/repo.sources", _repo_sources(config, components, keys.gpg_public), mutable)
+        stage("index.html", _landing(
+            config=config, keys=keys, version=version, now=now, expires=expires,
+            arts=arts, components=components,
+        ), mutable)
+        for path, data in build_simple([a for a in arts if a.dist is not None]):
+            stage(path, data, mutable)
+        stage("_headers", render_headers_file(), mutable)
+        stage("nginx-repobuild.conf", render_nginx_snippet(), mutable)
+
         blob_paths = {a.blob for a in arts}
         kept = _retained(
             prev, set(current) | blob_paths, tree, now,
@@ -367,9 +385,9 @@ def build(
         )
         listed = {**kept, **current}
 
-        provenance = _provenance(keys, files, arts, listed, expires)
-        for path, data in provenance.items():
-            listed[path] = FileEntry(len(data), _sha256(data))
+        for path, data in _provenance(keys, arts, listed, expires).items():
+            stage(path, data, mutable)
+            listed[path] = current[path]
 
         meta: dict[str, Any] = {
             "origin": config.origin,
@@ -403,17 +421,14 @@ def build(
             if item.temp is not None:
                 placed = tree.place_blob(item.temp, art.blob)
             else:
-                placed = tree.link_blob(source / art.path, art.blob)
+                placed = tree.link_blob(item.src or source / art.path, art.blob)
             if placed:
                 result.new_blobs += 1
                 result.new_bytes += art.size
-        for path, data in metadata_files.items():
-            tree.write_once(path, data)
-        for path, data in apt.by_hash.items():
-            tree.write_once(path, data)
-        for group in (apt.mutable, pages, provenance):
-            for path, data in group.items():
-                tree.write(path, data)
+        for path in immutable:
+            tree.commit(path)
+        for path in mutable:
+            if tree.commit(path):
                 result.written += 1
         tree.write(INDEX, index_bytes)
         for path, data in signatures.items():
@@ -422,9 +437,8 @@ def build(
         record_history(tree, version, index_bytes)
         for item in ingested:
             if item.stamp is not None:
-                md = metadata_files.get(item.artifact.blob + ".metadata")
-                cache.record(item.artifact, Stamp.of(item.stamp),
-                             len(md) if md is not None else None)
+                cache.record(item.artifact, _stamp_after(item, link),
+                             metadata_sizes.get(item.artifact.path))
         cache.save(tree.temp_path())
 
         phase("pruning")
@@ -444,7 +458,15 @@ def build(
         return result
     finally:
         tree.close(failed=failed and tree.created_root)
-        keys.close()
+        if keys_job.done() and keys_job.exception() is None:
+            keys_job.result().close()
+        else:
+            keys_job.add_done_callback(_close_keys)
+
+
+def _close_keys(job: Future[KeySet]) -> None:
+    if job.exception() is None:
+        job.result().close()
 
 
 def _sign_index(keys: KeySet, index_bytes: bytes) -> dict[str, bytes]:
@@ -460,9 +482,23 @@ def _sign_index(keys: KeySet, index_bytes: bytes) -> dict[str, bytes]:
     return sigs
 
 
+def _stamp_after(item: Ingested, link: bool) -> Stamp:
+    """The file's stamp for the cache. Hard-linking a file changes its ctime, so after
+    ``--link`` the stamp is taken again, if size and mtime still match what was read."""
+    assert item.stamp is not None
+    st = item.stamp
+    if link and item.src is not None:
+        try:
+            fresh = os.stat(item.src)
+        except OSError:
+            return Stamp.of(st)
+        if (fresh.st_size, fresh.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+            st = fresh
+    return Stamp.of(st)
+
+
 def _provenance(
     keys: KeySet,
-    files: list[SourceFile],
     arts: list[Artifact],
     listed: dict[str, FileEntry],
     expires: datetime,
@@ -482,7 +518,6 @@ def _provenance(
         products=products,
         command=["repobuild", "build"],
     )
-    del files
     return {"in-toto/root.layout": layout, f"in-toto/{link_name}": link}
 
 

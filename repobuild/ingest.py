@@ -35,6 +35,7 @@ class Ingested:
     temp: Path | None  # the copy made while reading, to be renamed into the blob store
     cached: bool = False  # known from the build cache: not read at all
     stamp: os.stat_result | None = None  # the file's stat after reading
+    src: Path | None = None  # the file that was read
 
 
 def classify(filename: str) -> str:
@@ -98,7 +99,7 @@ def ingest(src: Path, rel: str, temp: Path | None, *, sha512: bool = False) -> I
         _inspect(art, kind, inspector, src)
     except (DebError, DistError) as exc:
         raise ValidationError(str(exc), rel) from None
-    return Ingested(art, temp, stamp=after)
+    return Ingested(art, temp, stamp=after, src=src)
 
 
 def _inspect(art: Artifact, kind: str, inspector: _Feeder | None, src: Path) -> None:

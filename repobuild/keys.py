@@ -141,6 +141,14 @@ def _signer_uris(keydir: Path, overrides: dict[str, str] | None) -> dict[str, st
     return uris
 
 
+def check_keydir(keydir: Path) -> None:
+    """The cheap checks of load_keys, done first so a wrong folder fails before any work."""
+    if not keydir.is_dir():
+        raise UsageError("key folder not found (create one with 'repobuild keys generate')", keydir)
+    if not (keydir / "gpg" / "secret.asc").is_file():
+        raise UsageError("the key folder has no gpg/secret.asc", keydir)
+
+
 def load_keys(
     keydir: Path, *, faked_time: int | None, signers: dict[str, str] | None = None
 ) -> KeySet:

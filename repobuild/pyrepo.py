@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from repobuild.formats.simple import project_files, render_project, render_root
 from repobuild.model import Artifact
 
 
-def build_simple(dists: list[Artifact]) -> dict[str, bytes]:
+def build_simple(dists: list[Artifact]) -> Iterator[tuple[str, bytes]]:
+    """(path, bytes) of every page, one at a time, so that pages need not all be held."""
     projects = project_files(dists)
-    pages: dict[str, bytes] = {}
     root_html, root_json = render_root(list(projects))
-    pages["simple/index.html"] = root_html
-    pages["simple/index.json"] = root_json
+    yield "simple/index.html", root_html
+    yield "simple/index.json", root_json
     for name, files in projects.items():
         html, data = render_project(name, files)
-        pages[f"simple/{name}/index.html"] = html
-        pages[f"simple/{name}/index.json"] = data
-    return pages
+        yield f"simple/{name}/index.html", html
+        yield f"simple/{name}/index.json", data
