@@ -1,0 +1,70 @@
+"""repobuild verify of a built folder against the hashing floor, in one run.
+
+    python bench/verify_bench.py N [--avg-kb 500] [--seed 1] [--repeat 1] [--keep]
+
+Builds the corpus of N artifacts (cached under bench/work/) into a folder with --link (the
+build is timed but is not the point), then times `repobuild verify OUT --trust TRUST` against
+openssl hashing every file of OUT in two processes: verify has to read and hash every byte of
+the tree, so that is its floor. The table is appended to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+import common
+from common import Bench, CommandFailed, Row, rmtree, timed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = common.arg_parser(__doc__ or "")
+    args = common.parse(ap, argv)
+    print(f"machine: {common.machine_line()}; {common.load_line()}", flush=True)
+    corpus = common.prepare_corpus(args)
+    scratch = args.work / f"verify-bench-n{args.n}"
+    out = scratch / "out"
+    rmtree(scratch)
+    scratch.mkdir(parents=True)
+    bench = Bench(args.repeat)
+    t = args.timeout
+    try:
+        build = common.repobuild_cmd("build", corpus.root, "--out", out, "--keys", args.keys,
+                                     "--link")
+        try:
+            run = timed(build, timeout=t)
+        except CommandFailed as exc:
+            bench.failed("repobuild build --link (set-up)", "all", exc)
+        else:
+            bench.add(Row("repobuild build --link (set-up)", "all", run,
+                          note=f"peak RSS {run.rss_mb:.0f} MB"))
+            files, size = common.files_bytes(out)
+            print(f"OUT: {files} files, {size / 1e6:,.1f} MB", flush=True)
+            timed(common.openssl_cmd(out), timeout=t)  # warm the page cache; not counted
+            floor = bench.measure(None, partial(timed, common.openssl_cmd(out), timeout=t))
+            bench.add(Row(f"openssl dgst -sha256, 2 procs (OUT, {files} files)", "OUT",
+                          floor))
+            verify = common.repobuild_cmd("verify", out, "--trust", args.trust)
+            try:
+                run = bench.measure(None, partial(timed, verify, timeout=t))
+                bench.add(Row("repobuild verify", "OUT", run, "openssl OUT", floor.seconds,
+                              f"peak RSS {run.rss_mb:.0f} MB"))
+            except CommandFailed as exc:
+                bench.failed("repobuild verify", "OUT", exc)
+    finally:
+        if not args.keep:
+            rmtree(scratch)
+    title = (f"verify_bench N={args.n} ({corpus.total_bytes / 1e6:,.0f} MB, "
+             f"avg {args.avg_kb:g} KB, seed {args.seed}, best of {bench.repeat})")
+    section = common.append_results(
+        title, ["measurement", "set", "s", "ratio", "floor", "notes"],
+        [r.cells() for r in bench.rows], notes=bench.notes,
+        path=common.results_path(args.results),
+    )
+    print()
+    print(section)
+    return 1 if bench.figures_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
