@@ -343,7 +343,8 @@ def build(
         # only its size and hash kept; the renames into place come in the writing phase.
         current: dict[str, FileEntry] = {}
         immutable: list[str] = []
-        mutable: list[str] = []
+        mutable: list[str] = []  # files that the indices below name
+        tops: list[str] = []  # Release & co, root pages, landing page, in-toto: land after
 
         def stage(path: str, data: bytes, group: list[str]) -> None:
             size, digest = tree.stage(path, data)
@@ -363,7 +364,7 @@ def build(
         for path, data in apt.by_hash.items():
             stage(path, data, immutable)
         for path, data in apt.mutable.items():
-            stage(path, data, mutable)
+            stage(path, data, mutable if "/binary-" in path else tops)
         components = apt.components
         del apt
         for path, data in _keys_files(keys).items():
@@ -372,9 +373,9 @@ def build(
         stage("index.html", _landing(
             config=config, keys=keys, version=version, now=now, expires=expires,
             arts=arts, components=components,
-        ), mutable)
+        ), tops)
         for path, data in build_simple([a for a in arts if a.dist is not None]):
-            stage(path, data, mutable)
+            stage(path, data, mutable if path.count("/") > 1 else tops)
         stage("_headers", render_headers_file(), mutable)
         stage("nginx-repobuild.conf", render_nginx_snippet(), mutable)
 
@@ -386,7 +387,7 @@ def build(
         listed = {**kept, **current}
 
         for path, data in _provenance(keys, arts, listed, expires).items():
-            stage(path, data, mutable)
+            stage(path, data, tops)
             listed[path] = current[path]
 
         meta: dict[str, Any] = {
@@ -414,22 +415,20 @@ def build(
         # ---- from here on, OUT changes, in the safe order ---------------------------------
         phase("writing")
         result = BuildResult(version=version, artifacts=arts, errors=errors)
-        for item in ingested:
-            art = item.artifact
-            if item.cached:
-                continue
-            if item.temp is not None:
-                placed = tree.place_blob(item.temp, art.blob)
-            else:
-                placed = tree.link_blob(item.src or source / art.path, art.blob)
-            if placed:
+        fresh = [i for i in ingested if not i.cached]
+        moves = [(i.temp, i.artifact.blob) for i in fresh if i.temp is not None]
+        links = [(i.src or source / i.artifact.path, i.artifact.blob)
+                 for i in fresh if i.temp is None]
+        placed = tree.place_many(moves) + tree.link_many(links)
+        for item, was_placed in zip(
+            [i for i in fresh if i.temp is not None] + [i for i in fresh if i.temp is None],
+            placed, strict=True,
+        ):
+            if was_placed:
                 result.new_blobs += 1
-                result.new_bytes += art.size
-        for path in immutable:
-            tree.commit(path)
-        for path in mutable:
-            if tree.commit(path):
-                result.written += 1
+                result.new_bytes += item.artifact.size
+        tree.commit_many(immutable)
+        result.written = tree.commit_many(mutable) + tree.commit_many(tops)
         tree.write(INDEX, index_bytes)
         for path, data in signatures.items():
             tree.write(path, data)

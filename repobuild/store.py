@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from repobuild.errors import UsageError
@@ -26,7 +27,8 @@ class OutTree:
         self.tmp = self.state / "tmp"
         self._lock_fd: int | None = None
         self.created_root = False
-        self._staged: dict[str, Path] = {}
+        self._staged: dict[str, Future[Path | None]] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
@@ -51,6 +53,9 @@ class OutTree:
         self.tmp.mkdir()
 
     def close(self, *, failed: bool) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         shutil.rmtree(self.tmp, ignore_errors=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -129,32 +134,56 @@ class OutTree:
         return sorted(out)
 
     # -- staging: render now, land later -----------------------------------------------------
+    # Creating a small file costs far more than hashing it on ordinary disks, so staged writes
+    # and the renames that land them run in a small thread pool.
+    def _io_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=8)
+        return self._pool
+
     def stage(self, rel: str, data: bytes) -> tuple[int, str]:
-        """Write ``data`` aside now (unless OUT already holds exactly these bytes); returns
-        (size, sha256). :meth:`commit` puts it in place later, by a rename."""
+        """Write ``data`` aside (unless OUT already holds exactly these bytes) and return
+        (size, sha256) at once; :meth:`commit_many` puts it in place later, by a rename."""
         size, digest = len(data), hashlib.sha256(data).hexdigest()
+        self._staged[rel] = self._io_pool().submit(self._write_aside, rel, data)
+        return size, digest
+
+    def _write_aside(self, rel: str, data: bytes) -> Path | None:
         dest = self.path(rel)
         try:
-            if dest.stat().st_size == size and dest.read_bytes() == data:
-                return size, digest
+            if dest.stat().st_size == len(data) and dest.read_bytes() == data:
+                return None
         except OSError:
             pass
         tmp = self.temp_path()
         with open(tmp, "wb") as fh:
             fh.write(data)
         tmp.chmod(0o644)
-        self._staged[rel] = tmp
-        return size, digest
+        return tmp
 
-    def commit(self, rel: str) -> bool:
-        """Land a staged file; False when OUT already held it."""
-        tmp = self._staged.pop(rel, None)
+    def _commit(self, rel: str) -> bool:
+        job = self._staged.pop(rel, None)
+        tmp = job.result() if job is not None else None
         if tmp is None:
             return False
         dest = self.path(rel)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except FileNotFoundError:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, dest)
         return True
+
+    def commit_many(self, rels: list[str]) -> int:
+        """Land staged files (in any order among themselves); returns how many changed."""
+        return sum(self._io_pool().map(self._commit, rels))
+
+    def place_many(self, moves: list[tuple[Path, str]]) -> list[bool]:
+        """place_blob for many blobs at once."""
+        return list(self._io_pool().map(lambda m: self.place_blob(*m), moves))
+
+    def link_many(self, links: list[tuple[Path, str]]) -> list[bool]:
+        return list(self._io_pool().map(lambda m: self.link_blob(*m), links))
 
     def remove(self, rel: str) -> None:
         path = self.path(rel)
