@@ -27,6 +27,7 @@ class OutTree:
         self.tmp = self.state / "tmp"
         self._lock_fd: int | None = None
         self.created_root = False
+        self._created_top: Path | None = None
         self._staged: dict[str, Future[Path | None]] = {}
         self._pool: ThreadPoolExecutor | None = None
 
@@ -35,8 +36,12 @@ class OutTree:
         if self.root.exists() and not self.root.is_dir():
             raise UsageError("OUT exists and is not a folder", self.root)
         if not self.root.exists():
+            top = self.root.absolute()
+            while not top.parent.exists():  # the first folder this build creates
+                top = top.parent
             self.root.mkdir(parents=True)
             self.created_root = True
+            self._created_top = top
         self.state.mkdir(exist_ok=True)
         fd = os.open(self.state / "lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -61,7 +66,8 @@ class OutTree:
             os.close(self._lock_fd)
             self._lock_fd = None
         if failed and self.created_root:
-            shutil.rmtree(self.root, ignore_errors=True)
+            # OUT and any parent folder this build had to create: nothing is left behind
+            shutil.rmtree(self._created_top or self.root, ignore_errors=True)
 
     def temp_path(self) -> Path:
         return self.tmp / uuid.uuid4().hex
