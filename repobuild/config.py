@@ -67,6 +67,19 @@ def _days(table: dict[str, Any], key: str, default: float, path: Path) -> float:
     return float(value)
 
 
+_REPOSITORY_KEYS = {
+    "origin", "label", "suite", "codename", "description", "component", "architectures",
+    "validity_days", "by_hash_keep_days", "base_url",
+}
+
+
+def _no_unknown_keys(table: dict[str, Any], section: str, known: set[str], path: Path) -> None:
+    """A misspelt setting (validity_day = 3) is an error, not a silent default."""
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise UsageError(f"unknown setting(s) in [{section}]: {', '.join(unknown)}", path)
+
+
 def load_config(path: Path | None) -> Config:
     """Read repobuild.toml; ``None`` gives the defaults."""
     if path is None:
@@ -84,6 +97,7 @@ def load_config(path: Path | None) -> Config:
     repo = data.get("repository", {})
     if not isinstance(repo, dict):
         raise UsageError("[repository] must be a table", path)
+    _no_unknown_keys(repo, "repository", _REPOSITORY_KEYS, path)
     suite = _str(repo, "suite", "stable", path)
     codename = _str(repo, "codename", suite, path)
     for name, value in (("suite", suite), ("codename", codename)):
@@ -106,6 +120,9 @@ def load_config(path: Path | None) -> Config:
     if not isinstance(arches, list) or not all(isinstance(a, str) for a in arches):
         raise UsageError("setting 'architectures' must be a list of strings", path)
     hashes = data.get("hashes", {})
+    if not isinstance(hashes, dict):
+        raise UsageError("[hashes] must be a table", path)
+    _no_unknown_keys(hashes, "hashes", {"sha512"}, path)
     sha512 = hashes.get("sha512", False) if isinstance(hashes, dict) else False
     if not isinstance(sha512, bool):
         raise UsageError("setting [hashes] sha512 must be true or false", path)
