@@ -22,7 +22,7 @@ CACHE_FILE = "cache.json"
 CACHE_FORMAT = 2  # 1 could hold the SHA-256 of empty core metadata for cached wheels
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stamp:
     size: int
     mtime_ns: int

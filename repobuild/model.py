@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from repobuild.formats.deb import DebInfo
 from repobuild.formats.pydist import DistInfo
@@ -10,7 +10,7 @@ from repobuild.formats.pydist import DistInfo
 KINDS = ("deb", "wheel", "sdist", "file")
 
 
-@dataclass
+@dataclass(slots=True)
 class Artifact:
     path: str  # relative to SOURCE, with '/' separators
     filename: str
@@ -54,9 +54,8 @@ def blob_path(sha256: str, filename: str) -> str:
     return f"blobs/sha256/{sha256[:2]}/{sha256}/{filename}"
 
 
-@dataclass
+@dataclass(slots=True)
 class FileEntry:
     size: int
     sha256: str
     retired: str | None = None  # when a kept older file stopped being current
-    extra: dict[str, str] = field(default_factory=dict)

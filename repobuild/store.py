@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -30,6 +31,7 @@ class OutTree:
         self._created_top: Path | None = None
         self._staged: dict[str, Future[Path | None]] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self._queue_room = threading.BoundedSemaphore(256)
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
@@ -151,10 +153,17 @@ class OutTree:
         """Write ``data`` aside (unless OUT already holds exactly these bytes) and return
         (size, sha256) at once; :meth:`commit_many` puts it in place later, by a rename."""
         size, digest = len(data), hashlib.sha256(data).hexdigest()
+        self._queue_room.acquire()  # at most so many rendered files wait in memory
         self._staged[rel] = self._io_pool().submit(self._write_aside, rel, data)
         return size, digest
 
     def _write_aside(self, rel: str, data: bytes) -> Path | None:
+        try:
+            return self._write_aside_now(rel, data)
+        finally:
+            self._queue_room.release()
+
+    def _write_aside_now(self, rel: str, data: bytes) -> Path | None:
         dest = self.path(rel)
         try:
             if dest.stat().st_size == len(data) and dest.read_bytes() == data:

@@ -27,7 +27,7 @@ class DebError(ValueError):
     """The bytes are not a valid Debian binary package."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DebInfo:
     package: str
     version: str

@@ -38,7 +38,7 @@ class NeedsFullFile(Exception):
     """The kept tail was not enough; the caller should retry on the whole file."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DistInfo:
     name: str  # as METADATA spells it
     version: str
