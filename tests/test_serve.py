@@ -398,31 +398,39 @@ def test_cli_serve_answers_and_stops(tree: Tree, sig: signal.Signals) -> None:
         [sys.executable, "-m", "repobuild", "serve", str(tree.out), "--port", "0"],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
+    lines: list[str] = []
+    stream = proc.stderr
+    assert stream is not None
+    reader = threading.Thread(target=lambda: lines.extend(iter(stream.readline, "")),
+                              daemon=True)
+    reader.start()
+
+    def wait_for(needle: str) -> str:
+        deadline = time.monotonic() + 20
+        while not any(needle in line for line in list(lines)):
+            assert time.monotonic() < deadline and proc.poll() is None, ("".join(lines), needle)
+            time.sleep(0.02)
+        return next(line for line in list(lines) if needle in line)
+
     try:
-        assert proc.stderr is not None
-        first = proc.stderr.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", first)
-        assert match, first
-        port = int(match.group(1))
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", wait_for("http://127.0.0.1:"))
+        assert match
+        conn = http.client.HTTPConnection("127.0.0.1", int(match.group(1)), timeout=10)
         conn.request("GET", "/dists/stable/InRelease")
         resp = conn.getresponse()
         assert resp.status == 200
         assert resp.read() == (tree.out / "dists/stable/InRelease").read_bytes()
         conn.close()
         # The access line is written after the response: wait for it before stopping.
-        seen = first
-        while '"GET /dists/stable/InRelease HTTP/1.1" 200' not in seen:
-            line = proc.stderr.readline()
-            assert line, seen
-            seen += line
+        wait_for('"GET /dists/stable/InRelease HTTP/1.1" 200')
         proc.send_signal(sig)
         proc.wait(timeout=10)
-        err = seen + proc.stderr.read()
+        reader.join(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    err = "".join(lines)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert "stopped" in err
