@@ -263,8 +263,12 @@ def sync(
     to: Annotated[Path, typer.Option("--to", help="The mirror folder.")],
     trust: Annotated[Path, typer.Option(help="The pinned trust.json.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    keep_unlisted: Annotated[
+        bool, typer.Option(help="Keep files the new index no longer lists for --grace-days "
+                           "(default: delete them once index.json lands).")
+    ] = False,
     grace_days: Annotated[
-        float, typer.Option(help="Keep files the new index no longer lists this long.")
+        float, typer.Option(help="How long --keep-unlisted keeps them.")
     ] = 7.0,
     timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 20.0,
     workers: Annotated[int, typer.Option(help="Parallel downloads.")] = 8,
@@ -276,19 +280,23 @@ def sync(
     from repobuild.trust import load_trust
 
     policy = run(lambda: load_trust(trust))
-    result = run(lambda: do_sync(upstreams, to, policy, timeout=timeout, grace_days=grace_days,
-                                 workers=workers))
+    with progress_bar("fetching") as bar:
+        result = run(lambda: do_sync(upstreams, to, policy, timeout=timeout,
+                                     grace_days=grace_days, keep_unlisted=keep_unlisted,
+                                     workers=workers, progress=bar))
     if as_json:
         print(json.dumps(result.to_json(), indent=2, sort_keys=True))
     else:
         table = Table(title=f"repobuild sync → {to}", show_header=False)
-        table.add_row("result", "[green]OK[/]" if result.ok else "[red]FAILED[/]")
-        table.add_row("version", str(result.version))
+        table.add_row("result", ("[green]OK[/]" + (" (no change)" if result.noop else ""))
+                      if result.ok else "[red]FAILED[/]")
+        table.add_row("version", f"{result.version} (from {result.upstream})"
+                      if result.upstream else str(result.version))
         table.add_row("fetched", f"{result.fetched} files ({result.bytes:,} bytes)")
-        table.add_row("already there", str(result.skipped))
-        table.add_row("removed / in grace", f"{result.removed} / {result.in_grace}")
+        table.add_row("already there", f"{result.skipped} files")
+        table.add_row("removed / kept unlisted", f"{result.removed} / {result.in_grace}")
         for url, s in result.upstreams.items():
-            table.add_row(url, f"{s.files} files, {s.bytes:,} bytes, {len(s.errors)} errors")
+            table.add_row(url, f"{s.files} files, {s.bytes:,} bytes, {s.errors} errors")
         table.add_row("time", f"{result.seconds:.2f}s")
         out.print(table)
     for failure in result.failures[:50]:

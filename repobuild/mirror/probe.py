@@ -62,9 +62,8 @@ def _sample(blobs: list[tuple[str, int, str]], n: int) -> list[tuple[str, int, s
 
 def probe_one(url: str, policy: TrustPolicy, *, sample: int, timeout: float,
               now: datetime) -> MirrorHealth:
-    health = MirrorHealth(url)
+    health = MirrorHealth(url)  # named as the user wrote it
     src = HttpSource(url, timeout=timeout, retries=0)
-    health.url = src.base
     try:
         t0 = time.monotonic()
         data = src.read("index.json")
@@ -79,17 +78,16 @@ def probe_one(url: str, policy: TrustPolicy, *, sample: int, timeout: float,
         return health
     report = Report(target=url)
     index = check_index(policy, data, sigs, now=now, report=report)
-    health.signature_ok = index is not None and not any(
-        "signed" in r or "signature" in r for _p, r in report.failures)
+    # enough trusted keys agree, and no signature file that is there fails to verify
+    health.signature_ok = index is not None and all(
+        s.ok or s.reason.endswith("missing") for s in report.signatures)
+    health.problems += [f"{p}: {r}" for p, r in report.failures]  # expired, bad signature…
     if index is None:
-        health.problems += [f"{p}: {r}" for p, r in report.failures]
         return health
     health.version = index.version
     health.generated = rfc3339(index.generated)
     health.expires = rfc3339(index.expires)
     health.expired = index.expires < now
-    if health.expired:
-        health.problems.append(f"index.json expired at {health.expires}")
     blobs = [(a["blob"], int(a["size"]), str(a["sha256"])) for a in index.artifacts]
     picked = _sample(blobs, sample)
     bad = []

@@ -1,32 +1,61 @@
 """`repobuild sync`: mirror a tree from one of several upstreams, verifying before anything lands.
 
-1. index.json and its signatures come from the first upstream that answers; they must verify
-   under the pinned trust root, be unexpired, and not be older than what DEST holds.
-2. Every listed file DEST lacks is downloaded — in parallel, from whichever upstream has it —
-   into ``DEST/.repobuild/partial/``, its size and SHA-256 checked against the verified index; a
-   failed or tampered download is tried again from the next upstream, and a partial download is
-   resumed (HTTP Range) by the next run. Nothing is visible in DEST during this phase, so a sync
-   killed now leaves DEST exactly as it was.
-3. Only when every file is at hand do they land, by renames, in the safe order: blobs and
-   by-hash files, the other listed files, then index.json and its signatures last.
-4. Files the new index no longer lists stay for a grace period (default 7 days, recorded in
-   ``DEST/.repobuild/sync.json``) so that clients and caches holding the previous index can
-   still fetch them; ``repobuild verify`` of the folder accepts them while they are in grace.
+1. index.json and its signatures come from the first upstream that answers in time (each
+   request has a timeout and is retried with backoff; then the next upstream is asked). They
+   must verify under the pinned trust root (``verify.check_index``: signatures, threshold,
+   expiry) and must not be older than what DEST holds (its index.json, or the version recorded
+   in ``DEST/.repobuild/sync.json``). An older index is a rollback and is refused; an index of
+   the *same* version with different bytes is refused too (a fork or a replay: a publisher's
+   version grows at every build); the same bytes again is a no-op.
+2. Every listed file DEST lacks is fetched, in a bounded thread pool, from whichever upstream
+   has it (the one that served the index first, then the others in the order given; an
+   upstream caught serving bad bytes is asked last from then on, one that refuses connections
+   is not asked again). Bytes stream into ``DEST/.repobuild/partial/<sha256>`` and are hashed
+   on the way; a body longer than the signed size is cut off, a SHA-256 mismatch discards the
+   file and the next upstream is asked. A partial file left by an interrupted run is resumed
+   with an HTTP Range request from its size (the whole file is then hashed, old bytes
+   included; a resumed file that does not match is fetched once more from scratch). Folder
+   upstreams are simply copied. Files of equal content (an apt index and its by-hash twin) are
+   fetched once.
+3. Nothing appears in DEST during the downloads, so a sync that fails or is killed then leaves
+   DEST exactly as it was (its own index.json still verifies and lists only present files),
+   and the next run reuses every complete partial file without asking any upstream for it.
+   When every file is at hand they land by renames in the safe order: blobs and by-hash files,
+   then the other files (Packages, project pages, …), then the indices that name those
+   (Release, InRelease, Release.gpg, the simple root pages, the landing page), index.json's
+   signatures and index.json last of all. A reader that reads DEST/index.json and looks for
+   every listed file never finds one missing.
+4. Files the new index no longer lists. The publisher's index.json already lists the old blobs
+   and by-hash files it retains (with a ``retired`` time, for its own retention period), so
+   clients and CDNs holding yesterday's InRelease are served by the publisher's policy, and a
+   mirror that keeps exactly the listed files passes ``repobuild verify DEST`` (CONTRACT.md
+   guarantee 1). So, by default, files even the publisher stopped listing are deleted right
+   after index.json lands. ``--keep-unlisted`` keeps them for ``--grace-days`` (default 7)
+   instead, recording in ``DEST/.repobuild/sync.json`` when each became unlisted;
+   ``repobuild verify`` of the folder reads that record and accepts them while they wait.
+5. A no-op sync is cheap: DEST's files are never read or hashed again. A listed file counts as
+   present when a stat gives the listed size and either its path is content-addressed (blobs,
+   by-hash) or DEST's current index.json — the one this command verified and landed, known by
+   the SHA-256 recorded in sync.json (else re-checked by its signatures) — lists it with the
+   same SHA-256.
 
-DEST's own files are never hashed again: what is there and listed with the same size and hash
-by DEST's current (previously verified) index.json counts as present, so a no-op sync is a
-handful of stats.
+DEST is locked (the build's lock) while a sync runs. ``DEST/.repobuild/`` is local state: it is
+never listed (index.json cannot name a dot-path), never fetched from an upstream, never
+served.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,29 +68,40 @@ from repobuild.formats.manifest import Manifest, ManifestError, rfc3339
 from repobuild.mirror.cachepolicy import is_immutable
 from repobuild.sources import CHUNK, FetchError, FolderSource, HttpSource
 from repobuild.store import OutTree
-from repobuild.trust import SIGNATURE_FILES, TrustPolicy
+from repobuild.trust import SIGNATURE_FILES, TrustPolicy, check_signatures
 from repobuild.verify import Report, check_index
 
 STATE = "sync.json"
 PARTIAL = "partial"
+INDEX = "index.json"
+MAX_MESSAGES = 20
 
 Source = FolderSource | HttpSource
+Progress = Callable[[int, int], None]
 
 
+# -- results ----------------------------------------------------------------------------------
 @dataclass
 class UpstreamStats:
     files: int = 0
     bytes: int = 0
-    errors: list[str] = field(default_factory=list)
+    errors: int = 0
+    messages: list[str] = field(default_factory=list)
+
+    def error(self, message: str) -> None:
+        self.errors += 1
+        if len(self.messages) < MAX_MESSAGES:
+            self.messages.append(message)
 
 
 @dataclass
 class SyncResult:
     ok: bool = True
     version: int | None = None
-    fetched: int = 0
-    bytes: int = 0
-    skipped: int = 0
+    upstream: str | None = None  # the one whose index.json was taken
+    fetched: int = 0  # files landed from upstreams
+    bytes: int = 0  # bytes received (or copied) from upstreams
+    skipped: int = 0  # listed files DEST already held
     removed: int = 0
     in_grace: int = 0
     noop: bool = False
@@ -69,18 +109,24 @@ class SyncResult:
     upstreams: dict[str, UpstreamStats] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
+    def fail(self, message: str) -> None:
+        self.ok = False
+        self.failures.append(message)
+
     def to_json(self) -> dict[str, Any]:
         return {
-            "ok": self.ok, "version": self.version, "fetched": self.fetched,
-            "bytes": self.bytes, "skipped": self.skipped, "removed": self.removed,
-            "in_grace": self.in_grace, "noop": self.noop, "seconds": round(self.seconds, 3),
-            "upstreams": {u: {"files": s.files, "bytes": s.bytes, "errors": s.errors}
+            "ok": self.ok, "version": self.version, "upstream": self.upstream,
+            "fetched": self.fetched, "bytes": self.bytes, "skipped": self.skipped,
+            "removed": self.removed, "in_grace": self.in_grace, "noop": self.noop,
+            "seconds": round(self.seconds, 3),
+            "upstreams": {u: {"files": s.files, "bytes": s.bytes, "errors": s.errors,
+                              "messages": s.messages}
                           for u, s in self.upstreams.items()},
             "failures": self.failures,
         }
 
 
-
+# -- local state ------------------------------------------------------------------------------
 def read_state(dest: Path) -> dict[str, Any]:
     try:
         doc = json.loads((dest / ".repobuild" / STATE).read_bytes())
@@ -90,133 +136,237 @@ def read_state(dest: Path) -> dict[str, Any]:
 
 
 def grace_files(dest: Path) -> set[str]:
-    """Files kept in DEST after the index stopped listing them (see module docstring)."""
+    """Unlisted files a mirror keeps for a while (``--keep-unlisted``; see the docstring)."""
     grace = read_state(dest).get("grace", {})
     return set(grace) if isinstance(grace, dict) else set()
 
 
-def _partial_name(rel: str) -> str:
-    return hashlib.sha256(rel.encode()).hexdigest()
+def _state_version(state: dict[str, Any]) -> int:
+    value = state.get("version", 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-class _Fetcher:
-    """Downloads one listed file into the partial folder, checking it on the way."""
+@dataclass
+class _Dest:
+    data: bytes | None = None  # DEST's index.json
+    version: int | None = None  # its version
+    ours: bool = False  # landed by a sync (its SHA-256 is in sync.json), or signed
+    index: Manifest | None = None  # parsed only when not ours
+    min_version: int = 0
 
-    def __init__(self, partial_dir: Path, timeout: float) -> None:
-        self.dir = partial_dir
-        self.timeout = timeout
-
-    def fetch(self, src: Source, rel: str, size: int, digest: str) -> Path:
-        part = self.dir / _partial_name(rel)
-        if isinstance(src, FolderSource):
-            self._copy(src.root / rel, part)
-        else:
-            self._download(src, rel, part, size)
-        got_size, got_digest = _hash_file(part)
-        if (got_size, got_digest) != (size, digest):
-            part.unlink(missing_ok=True)
-            raise VerificationError(
-                f"{rel}: size or SHA-256 differs from the signed index (tampered or corrupt)"
-            )
-        return part
-
-    @staticmethod
-    def _copy(path: Path, part: Path) -> None:
-        try:
-            shutil.copyfile(path, part)
-        except FileNotFoundError:
-            raise FetchError(f"{path}: missing") from None
-
-    def _download(self, src: HttpSource, rel: str, part: Path, size: int) -> None:
-        have = part.stat().st_size if part.exists() else 0
-        if have >= size:
-            if have == size:
-                return  # complete from an earlier run; hashed by the caller
-            part.unlink()
-            have = 0
-        headers = {"User-Agent": "repobuild"}
-        if have:
-            headers["Range"] = f"bytes={have}-"
-        req = urllib.request.Request(src.url(rel), headers=headers)
-        try:
-            resp = urllib.request.urlopen(req, timeout=self.timeout)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 416 and have:
-                part.unlink(missing_ok=True)
-                return self._download(src, rel, part, size)
-            raise FetchError(f"{src.url(rel)}: HTTP {exc.code}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise FetchError(f"{src.url(rel)}: {getattr(exc, 'reason', exc)}") from None
-        with resp:
-            mode = "ab" if have and resp.status == 206 else "wb"
+    def trusted(self, new_data: bytes, new_index: Manifest) -> dict[str, tuple[int, str]]:
+        """DEST's verified listing: what its files are, without reading them."""
+        if not self.ours:
+            return {}
+        if self.data == new_data:
+            return new_index.listed()  # the same document: no second parse
+        if self.index is None and self.data is not None:
             try:
-                with open(part, mode) as fh:
-                    while chunk := resp.read(CHUNK):
-                        fh.write(chunk)
-                        if fh.tell() > size:
-                            break
-            except (OSError, TimeoutError) as exc:
-                raise FetchError(f"{src.url(rel)}: {exc}") from None
-        return None
+                self.index = manifest.parse(self.data)
+            except ManifestError:
+                return {}
+        return self.index.listed() if self.index is not None else {}
 
 
-def _hash_file(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb", buffering=0) as fh:
-        while chunk := fh.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
+def _read_dest(dest: Path, state: dict[str, Any], policy: TrustPolicy) -> _Dest:
+    out = _Dest(min_version=_state_version(state))
+    try:
+        out.data = (dest / INDEX).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return out
+    if state.get("index_sha256") == hashlib.sha256(out.data).hexdigest():
+        out.ours, out.version = True, out.min_version  # the version sync.json recorded
+        return out
+    try:
+        out.index = manifest.parse(out.data)
+    except ManifestError:
+        return out
+    out.version = out.index.version
+    out.min_version = max(out.min_version, out.index.version)
+    # not landed by a sync (a published copy, say): its listing counts only if it is signed
+    sigs: dict[str, bytes | None] = {}
+    for name in SIGNATURE_FILES:
+        try:
+            sigs[name] = (dest / name).read_bytes()
+        except OSError:
+            sigs[name] = None
+    out.ours, _results = check_signatures(policy, out.data, sigs)
+    return out
 
 
-def _open(upstream: str, timeout: float) -> Source:
+# -- upstreams --------------------------------------------------------------------------------
+class _Missing(FetchError):
+    """The upstream does not have the file."""
+
+
+class _Unreachable(FetchError):
+    """Connection refused, reset or timed out."""
+
+
+@dataclass
+class _Upstream:
+    name: str  # as the user wrote it: the key of the summary
+    source: Source
+    rank: int
+    down: bool = False
+    strikes: int = 0  # bad bytes served
+
+
+def _open_source(upstream: str, timeout: float) -> Source:
     if upstream.startswith(("http://", "https://")):
-        return HttpSource(upstream, timeout=timeout, retries=1)
+        return HttpSource(upstream, timeout=timeout, retries=2)
     path = Path(upstream)
     if not path.is_dir():
         raise UsageError("upstream is neither a folder nor an http(s) URL", upstream)
     return FolderSource(path)
 
 
-def _dest_index(dest: Path) -> tuple[bytes | None, Manifest | None]:
+def _hash_prefix(part: Path, size: int) -> tuple[int, Any]:
+    """Size and running SHA-256 of a partial file (emptied when longer than ``size``)."""
+    h = hashlib.sha256()
     try:
-        data = (dest / "index.json").read_bytes()
+        with open(part, "rb", buffering=0) as fh:
+            have = 0
+            while chunk := fh.read(CHUNK):
+                h.update(chunk)
+                have += len(chunk)
     except FileNotFoundError:
-        return None, None
-    try:
-        return data, manifest.parse(data)
-    except ManifestError:
-        return data, None
+        return 0, h
+    if have > size:
+        part.unlink()
+        return 0, hashlib.sha256()
+    return have, h
 
 
-def _choose_index(
-    sources: list[Source], policy: TrustPolicy, min_version: int, now: datetime,
-    result: SyncResult,
-) -> tuple[Source, bytes, dict[str, bytes | None], Manifest] | None:
-    """The first upstream whose index verifies, is unexpired and not older than DEST."""
-    for src in sources:
-        stats = result.upstreams[src.label]
+class _Fetcher:
+    """Brings one file into ``partial/<sha256>``, checked against the signed size and hash."""
+
+    def __init__(self, partial_dir: Path, timeout: float) -> None:
+        self.dir = partial_dir
+        self.timeout = timeout
+
+    def fetch(self, up: _Upstream, rel: str, size: int, digest: str) -> tuple[Path, int]:
+        """The verified partial file and the bytes moved to get it."""
+        part = self.dir / digest
+        have, h = _hash_prefix(part, size)
+        if have == size:
+            if h.hexdigest() == digest:
+                return part, 0  # complete from an earlier, interrupted run
+            part.unlink()
+        src = up.source
         try:
-            data = src.read("index.json")
-            if data is None:
-                stats.errors.append("index.json: missing")
-                continue
-            sigs = {name: src.read(name) for name in SIGNATURE_FILES}
-        except FetchError as exc:
-            stats.errors.append(str(exc))
-            continue
-        report = Report(target=src.label)
-        index = check_index(policy, data, sigs, now=now, min_version=min_version, report=report)
-        if index is None or not report.ok:
-            for path, reason in report.failures:
-                stats.errors.append(f"{path}: {reason}")
-                result.failures.append(f"{src.label}: {path}: {reason}")
-            continue
-        return src, data, sigs, index
-    return None
+            if isinstance(src, FolderSource):
+                return part, self._copy(src, rel, part, size, digest)
+            try:
+                return part, self._download(src, rel, part, size, digest)
+            except VerificationError:
+                if not have:
+                    raise
+                # the kept prefix may be what another upstream sent: once more from scratch
+                part.unlink(missing_ok=True)
+                return part, self._download(src, rel, part, size, digest)
+        except VerificationError:
+            part.unlink(missing_ok=True)
+            raise
+
+    @staticmethod
+    def _copy(src: FolderSource, rel: str, part: Path, size: int, digest: str) -> int:
+        h = hashlib.sha256()
+        got = 0
+        try:
+            with open(src.root / rel, "rb", buffering=0) as fin, open(part, "wb") as fout:
+                while chunk := fin.read(CHUNK):
+                    got += len(chunk)
+                    if got > size:
+                        break
+                    h.update(chunk)
+                    fout.write(chunk)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            part.unlink(missing_ok=True)
+            raise _Missing(f"{src.root / rel}: missing") from None
+        except OSError as exc:
+            raise FetchError(f"{src.root / rel}: {exc.strerror or exc}") from None
+        _check(got, size, h.hexdigest(), digest)
+        return got
+
+    def _download(self, src: HttpSource, rel: str, part: Path, size: int, digest: str) -> int:
+        last: FetchError | None = None
+        moved = 0
+        for attempt in range(src.retries + 1):
+            if attempt:
+                time.sleep(0.2 * 2 ** (attempt - 1))
+            try:
+                return moved + self._get(src, rel, part, size, digest)
+            except _Missing:
+                raise
+            except _Interrupted as exc:  # what arrived stays: the retry resumes it
+                moved += exc.moved
+                last = exc
+            except FetchError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    def _get(self, src: HttpSource, rel: str, part: Path, size: int, digest: str) -> int:
+        have, h = _hash_prefix(part, size)
+        url = src.url(rel)
+        headers = {"User-Agent": "repobuild", "Accept-Encoding": "identity"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        try:
+            resp = urllib.request.urlopen(
+                urllib.request.Request(url, headers=headers), timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (404, 410):
+                raise _Missing(f"{url}: HTTP {exc.code}") from None
+            if exc.code == 416 and have:
+                part.unlink(missing_ok=True)
+            raise FetchError(f"{url}: HTTP {exc.code}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise _Unreachable(f"{url}: {getattr(exc, 'reason', None) or exc}") from None
+        got = have
+        with resp:
+            if have and not _resumes_at(resp, have):
+                have, got, h = 0, 0, hashlib.sha256()  # a full body: start over
+            try:
+                with open(part, "ab" if have else "wb") as fh:
+                    while chunk := resp.read(CHUNK):
+                        got += len(chunk)
+                        if got > size:
+                            raise VerificationError(
+                                f"more than the {size} bytes index.json lists (tampered)")
+                        h.update(chunk)
+                        fh.write(chunk)
+            except (OSError, http.client.HTTPException) as exc:
+                raise _Interrupted(f"{url}: interrupted after {got} of {size} bytes: {exc}",
+                                   got - have) from None
+        if got < size:
+            raise _Interrupted(f"{url}: closed after {got} of {size} bytes", got - have)
+        _check(got, size, h.hexdigest(), digest)
+        return got - have
 
 
+class _Interrupted(FetchError):
+    def __init__(self, message: str, moved: int) -> None:
+        super().__init__(message)
+        self.moved = moved
+
+
+def _resumes_at(resp: Any, offset: int) -> bool:
+    if getattr(resp, "status", 200) != 206:
+        return False
+    crange = resp.headers.get("Content-Range", "")
+    return isinstance(crange, str) and crange.startswith(f"bytes {offset}-")
+
+
+def _check(got: int, size: int, got_digest: str, digest: str) -> None:
+    if got != size:
+        raise VerificationError(f"{got} bytes, index.json lists {size} (tampered or corrupt)")
+    if got_digest != digest:
+        raise VerificationError("SHA-256 differs from index.json (tampered or corrupt)")
+
+
+# -- the sync ---------------------------------------------------------------------------------
 def sync(
     upstreams: list[str],
     dest: Path,
@@ -224,161 +374,268 @@ def sync(
     *,
     timeout: float = 20.0,
     grace_days: float = 7.0,
+    keep_unlisted: bool = False,
     workers: int = 8,
     now: datetime | None = None,
+    progress: Progress | None = None,
 ) -> SyncResult:
     started = time.monotonic()
     now = now or datetime.now(UTC)
-    if not upstreams:
+    names = list(dict.fromkeys(upstreams))
+    if not names:
         raise UsageError("name at least one UPSTREAM")
-    sources = [_open(u, timeout) for u in upstreams]
-    result = SyncResult(upstreams={s.label: UpstreamStats() for s in sources})
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if grace_days < 0:
+        raise UsageError("--grace-days must not be negative")
+    ups = [_Upstream(n, _open_source(n, timeout), i) for i, n in enumerate(names)]
+    for up in ups:
+        if isinstance(up.source, FolderSource) and _same_folder(up.source.root, dest):
+            raise UsageError("DEST is also an upstream", dest)
+    result = SyncResult(upstreams={u.name: UpstreamStats() for u in ups})
     tree = OutTree(dest)
     tree.open()
     try:
-        old_bytes, old_index = _dest_index(dest)
         state = read_state(dest)
-        min_version = max(old_index.version if old_index else 0, int(state.get("version", 0)))
-        chosen = _choose_index(sources, policy, min_version, now, result)
+        have = _read_dest(dest, state, policy)
+        chosen = _choose_index(ups, policy, have, now, result)
         if chosen is None:
             result.ok = False
             if not result.failures:
                 result.failures.append("no upstream served a verifiable index.json")
             return result
         first, data, sigs, index = chosen
-        result.version = index.version
-        result.failures.clear()  # refusals of other upstreams are in their stats
-        old_listed = old_index.listed() if old_index else {}
-        needed = _missing(dest, index, old_listed)
+        result.version, result.upstream = index.version, first.name
+        needed = _missing(dest, index, have.trusted(data, index))
         result.skipped = len(index.listed()) - len(needed)
-        ordered = [first, *[s for s in sources if s is not first]]
-        fetched = _fetch_all(tree, ordered, index, needed, timeout, workers, result)
+        first.rank = -1  # the upstream that served the index is asked first
+        fetched = _fetch_all(tree, ups, index, needed, timeout, workers, result, progress)
         if not result.ok:
             return result
-        if old_bytes == data and not fetched:
-            result.noop = True
-        _land(tree, fetched, data, sigs)
-        _retire(tree, dest, index, now, grace_days, state, result)
-        _write_state(tree, dest, index, first.label, now, state)
+        result.noop = have.data == data and not fetched
+        _land(tree, index, fetched, data, sigs)
+        _prune(tree, index, now, grace_days if keep_unlisted else None, state, result)
+        _write_state(tree, data, index, first.name, now, state)
+        shutil.rmtree(tree.state / PARTIAL, ignore_errors=True)
         return result
     finally:
         tree.close(failed=not result.ok)
         result.seconds = time.monotonic() - started
 
 
-def _missing(dest: Path, index: Manifest, old: dict[str, tuple[int, str]]) -> list[str]:
-    """Listed files DEST lacks, judged by its own verified listing and a stat, never a read."""
-    out = []
-    for rel, (size, digest) in sorted(index.listed().items()):
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _choose_index(
+    ups: list[_Upstream], policy: TrustPolicy, have: _Dest, now: datetime, result: SyncResult,
+) -> tuple[_Upstream, bytes, dict[str, bytes | None], Manifest] | None:
+    """The first upstream whose index verifies, is unexpired and is not older than DEST's."""
+    for up in ups:
+        stats = result.upstreams[up.name]
         try:
-            on_disk = (dest / rel).stat().st_size
+            data = up.source.read(INDEX)
+            if data is None:
+                stats.error("index.json: missing")
+                result.failures.append(f"{up.name}: index.json: missing")
+                continue
+            sigs = {name: up.source.read(name) for name in SIGNATURE_FILES}
+        except FetchError as exc:
+            up.down = True
+            stats.error(str(exc))
+            result.failures.append(f"{up.name}: {exc}")
+            continue
+        report = Report(target=up.name)
+        index = check_index(policy, data, sigs, now=now, min_version=have.min_version,
+                            report=report)
+        if (index is not None and report.ok and index.version == have.version
+                and data != have.data):
+            report.fail(INDEX, f"version {index.version} differs from the version "
+                        f"{index.version} DEST holds (a fork or a replay)")
+        if index is None or not report.ok:
+            for path, reason in report.failures:
+                stats.error(f"{path}: {reason}")
+                result.failures.append(f"{up.name}: {path}: {reason}")
+            continue
+        result.failures.clear()  # the refusals of earlier upstreams stay in their stats
+        return up, data, sigs, index
+    return None
+
+
+def _missing(dest: Path, index: Manifest, trusted: dict[str, tuple[int, str]]) -> list[str]:
+    """Listed files DEST lacks, judged by a stat and its own verified listing, never a read."""
+    out = []
+    root = str(dest) + "/"
+    stat = os.stat
+    for rel, (size, digest) in index.listed().items():
+        try:
+            on_disk = stat(root + rel).st_size
         except (FileNotFoundError, NotADirectoryError):
-            on_disk = -1
-        same = on_disk == size and (is_immutable(rel) or old.get(rel) == (size, digest))
-        if not same:
+            out.append(rel)
+            continue
+        if on_disk != size or not (is_immutable(rel) or trusted.get(rel) == (size, digest)):
             out.append(rel)
     return out
 
 
 def _fetch_all(
-    tree: OutTree, sources: list[Source], index: Manifest, needed: list[str],
-    timeout: float, workers: int, result: SyncResult,
+    tree: OutTree, ups: list[_Upstream], index: Manifest, needed: list[str], timeout: float,
+    workers: int, result: SyncResult, progress: Progress | None,
 ) -> dict[str, Path]:
+    """Every needed file into ``partial/``; path -> its verified partial file."""
+    listed = index.listed()
+    groups: dict[tuple[str, int], list[str]] = {}
+    for rel in sorted(needed, key=lambda r: (not is_immutable(r), r)):
+        size, digest = listed[rel]
+        groups.setdefault((digest, size), []).append(rel)
+    if not groups:
+        return {}
     partial = tree.state / PARTIAL
     partial.mkdir(exist_ok=True)
     fetcher = _Fetcher(partial, timeout)
-    listed = index.listed()
-    down: set[str] = set()
+    lock = threading.Lock()
 
-    def one(rel: str) -> tuple[str, Path | None, str | None, str]:
-        size, digest = listed[rel]
+    def candidates() -> list[_Upstream]:
+        with lock:
+            return sorted((u for u in ups if not u.down), key=lambda u: (u.strikes, u.rank))
+
+    def one(key: tuple[str, int]) -> tuple[list[str], Path | None, _Upstream | None, int, str]:
+        digest, size = key
+        rels = groups[key]
         errors = []
-        for src in sources:
-            if src.label in down:
-                continue
-            try:
-                return rel, fetcher.fetch(src, rel, size, digest), src.label, ""
-            except FetchError as exc:
-                errors.append(str(exc))
-                result.upstreams[src.label].errors.append(str(exc))
-                if "refused" in str(exc).lower() or "timed out" in str(exc).lower():
-                    down.add(src.label)
-            except VerificationError as exc:
-                errors.append(f"{src.label}: {exc}")
-                result.upstreams[src.label].errors.append(str(exc))
-        entry = index.files.get(rel)
-        if entry is not None and entry.retired:
-            return rel, None, None, ""  # a retired file may be gone everywhere (gc)
-        return rel, None, None, "; ".join(errors) or "no upstream has it"
+        for up in candidates():
+            stats = result.upstreams[up.name]
+            for rel in rels:
+                try:
+                    path, moved = fetcher.fetch(up, rel, size, digest)
+                    return rels, path, up, moved, ""
+                except _Missing as exc:
+                    message = str(exc)
+                    continue  # the same bytes may be there under another listed name
+                except _Unreachable as exc:
+                    message = str(exc)
+                    with lock:
+                        up.down = True
+                except VerificationError as exc:
+                    message = str(exc)
+                    with lock:
+                        up.strikes += 1
+                except FetchError as exc:
+                    message = str(exc)
+                break
+            with lock:
+                stats.error(message if rel in message else f"{rel}: {message}")
+            errors.append(f"{up.name}: {message}")
+        if all(_retired(index, rel) for rel in rels):
+            return rels, None, None, 0, ""  # collected upstream (repobuild gc): may be absent
+        return rels, None, None, 0, "; ".join(errors) or "no upstream can be reached"
 
     fetched: dict[str, Path] = {}
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for rel, path, label, problem in pool.map(one, needed):
+    done = 0
+    with ThreadPoolExecutor(max_workers=min(workers, len(groups))) as pool:
+        for rels, path, up, moved, problem in pool.map(one, list(groups)):
+            done += 1
+            if progress:
+                progress(done, len(groups))
             if problem:
-                result.ok = False
-                result.failures.append(f"{rel}: {problem}")
-            elif path is not None and label is not None:
-                fetched[rel] = path
-                stats = result.upstreams[label]
-                stats.files += 1
-                stats.bytes += listed[rel][0]
-                result.fetched += 1
-                result.bytes += listed[rel][0]
+                result.fail(f"{rels[0]}: {problem}")
+            elif path is not None and up is not None:
+                for rel in rels:
+                    fetched[rel] = path
+                stats = result.upstreams[up.name]
+                stats.files += len(rels)
+                stats.bytes += moved
+                result.fetched += len(rels)
+                result.bytes += moved
     return fetched
 
 
-def _land(tree: OutTree, fetched: dict[str, Path], data: bytes,
-          sigs: dict[str, bytes | None]) -> None:
-    """Renames in the safe order: immutable files, the rest, index.json and signatures last."""
-    for group in (
-        sorted(r for r in fetched if is_immutable(r)),
-        sorted(r for r in fetched if not is_immutable(r)),
+def _retired(index: Manifest, rel: str) -> bool:
+    entry = index.files.get(rel)
+    return entry is not None and entry.retired is not None
+
+
+_NAMING = frozenset({"Release", "InRelease", "Release.gpg"})
+
+
+def _land_rank(rel: str) -> int:
+    """0: content-addressed; 1: ordinary files; 2: the indices that name other files."""
+    if is_immutable(rel):
+        return 0
+    parts = rel.split("/")
+    if (parts[0] == "dists" and parts[-1] in _NAMING) or rel in (
+        "simple/index.html", "simple/index.json", "index.html"
     ):
-        for rel in group:
-            dest = tree.path(rel)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fetched[rel].chmod(0o644)
-            os.replace(fetched[rel], dest)
-    tree.write("index.json", data)
+        return 2
+    return 1
+
+
+def _land(tree: OutTree, index: Manifest, fetched: dict[str, Path], data: bytes,
+          sigs: dict[str, bytes | None]) -> None:
+    """Renames in the safe order; index.json's signatures, then index.json, last."""
+    uses: dict[Path, int] = {}
+    for part in fetched.values():
+        uses[part] = uses.get(part, 0) + 1
+    for rel in sorted(fetched, key=lambda r: (_land_rank(r), r)):
+        part = fetched[rel]
+        dest = tree.path(rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part.chmod(0o644)
+        uses[part] -= 1
+        if uses[part]:  # the same bytes land under another name too: link a copy in
+            tmp = tree.temp_path()
+            try:
+                os.link(part, tmp)
+            except OSError:
+                shutil.copyfile(part, tmp)
+            os.replace(tmp, dest)
+        else:
+            os.replace(part, dest)
+    # index.json's rename is the commit point: until it lands, readers see the old, complete
+    # listing (signatures and index.json disagree for an instant in either order)
     for name in SIGNATURE_FILES:
         blob = sigs.get(name)
         if blob is not None:
             tree.write(name, blob)
-        else:
-            tree.path(name).unlink(missing_ok=True)
+    tree.write(INDEX, data)
+    for name in SIGNATURE_FILES:
+        if sigs.get(name) is None:
+            tree.remove(name)
 
 
-def _retire(
-    tree: OutTree, dest: Path, index: Manifest, now: datetime, grace_days: float,
-    state: dict[str, Any], result: SyncResult,
-) -> None:
-    keep = set(index.listed()) | {"index.json", *SIGNATURE_FILES}
-    grace: dict[str, str] = dict(state.get("grace", {})) if isinstance(
-        state.get("grace"), dict) else {}
+def _prune(tree: OutTree, index: Manifest, now: datetime, grace_days: float | None,
+           state: dict[str, Any], result: SyncResult) -> None:
+    """Remove what the new index does not list (or, with a grace period, once it is over)."""
+    keep = set(index.listed()) | {INDEX, *SIGNATURE_FILES}
+    old = state.get("grace")
+    grace: dict[str, str] = dict(old) if isinstance(old, dict) else {}
+    kept: dict[str, str] = {}
     for rel in tree.walk():
         if rel in keep:
-            grace.pop(rel, None)
             continue
-        since = grace.setdefault(rel, rfc3339(now))
-        try:
-            expired = manifest.parse_time(since) + timedelta(days=grace_days) <= now
-        except ManifestError:
-            expired = True
-        if expired:
-            tree.remove(rel)
-            grace.pop(rel, None)
-            result.removed += 1
-    for rel in [r for r in grace if not tree.path(r).exists()]:
-        grace.pop(rel)
-    state["grace"] = grace
-    result.in_grace = len(grace)
-    shutil.rmtree(tree.state / PARTIAL, ignore_errors=True)
+        if grace_days is not None:
+            since = grace.get(rel)
+            try:
+                start = manifest.parse_time(since) if isinstance(since, str) else now
+            except ManifestError:
+                start = now
+            if start + timedelta(days=grace_days) > now:
+                kept[rel] = rfc3339(start)
+                continue
+        tree.remove(rel)
+        result.removed += 1
+    state["grace"] = kept
+    result.in_grace = len(kept)
 
 
-def _write_state(tree: OutTree, dest: Path, index: Manifest, upstream: str, now: datetime,
+def _write_state(tree: OutTree, data: bytes, index: Manifest, upstream: str, now: datetime,
                  state: dict[str, Any]) -> None:
     state.update(version=index.version, generated=rfc3339(index.generated),
-                 synced=rfc3339(now), upstream=upstream)
+                 index_sha256=hashlib.sha256(data).hexdigest(), synced=rfc3339(now),
+                 upstream=upstream)
     tmp = tree.temp_path()
-    tmp.write_text(json.dumps(state, sort_keys=True, indent=1))
-    os.replace(tmp, dest / ".repobuild" / STATE)
+    tmp.write_text(json.dumps(state, sort_keys=True, indent=1) + "\n")
+    os.replace(tmp, tree.state / STATE)
