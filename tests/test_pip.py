@@ -197,8 +197,10 @@ def test_wrong_sha256_in_simple_page_is_refused(python: Path, out_copy: Path, tm
 def test_sdist_downloads_and_installs(python: Path, built_out: Path, tmp_path: Path,
                                       fixture_sdists: list[DistInfo], transport: str) -> None:
     """`pip download --no-binary :all: --no-deps` checks the page's #sha256= and saves the very
-    file of the release; `pip install --no-binary :all:` then builds it with its in-tree
-    backend (build-system.requires is empty, so build isolation needs no index)."""
+    file of the release; with `--require-hashes` and the release file's own SHA-256 it
+    succeeds too (and a wrong one is refused); `pip install --no-binary :all:` then builds it
+    with its in-tree backend (build-system.requires is empty, so build isolation needs no
+    index)."""
     with index(built_out, transport) as idx:
         for dist in fixture_sdists:
             dest = tmp_path / "dl"
@@ -208,6 +210,21 @@ def test_sdist_downloads_and_installs(python: Path, built_out: Path, tmp_path: P
             assert proc.returncode == 0, out_text(proc)
             saved = dest / dist.path.name
             assert saved.read_bytes() == dist.path.read_bytes()
+
+            for wrong in (None, dist.name):
+                req = tmp_path / "req.txt"
+                req.write_text(requirements([dist], wrong=wrong))
+                hashed = tmp_path / f"dl-hashed-{wrong is None}"
+                proc = pip(python, "download", "--no-deps", "--no-binary", ":all:",
+                           "--require-hashes", "--index-url", idx.url, "--dest", str(hashed),
+                           "-r", str(req))
+                if wrong is None:
+                    assert proc.returncode == 0, out_text(proc)
+                    assert (hashed / dist.path.name).read_bytes() == dist.path.read_bytes()
+                else:
+                    assert proc.returncode == 1, out_text(proc)
+                    assert HASH_MISMATCH in proc.stderr, proc.stderr
+                    assert not (hashed / dist.path.name).exists()
 
             target = tmp_path / "t"
             proc = pip(python, "install", "--no-deps", "--no-binary", ":all:",
