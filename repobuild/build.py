@@ -488,12 +488,12 @@ def _stamp_after(item: Ingested, link: bool) -> Stamp:
     st = item.stamp
     if link and item.src is not None:
         try:
-            fresh = os.stat(item.src)
+            fresh = Stamp.of(os.stat(item.src))
         except OSError:
-            return Stamp.of(st)
-        if (fresh.st_size, fresh.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
-            st = fresh
-    return Stamp.of(st)
+            return st
+        if (fresh.size, fresh.mtime_ns) == (st.size, st.mtime_ns):
+            return fresh
+    return st
 
 
 def _provenance(

@@ -19,7 +19,7 @@ from repobuild.formats.pydist import DistInfo
 from repobuild.model import Artifact
 
 CACHE_FILE = "cache.json"
-CACHE_FORMAT = 2  # 1 could hold the SHA-256 of empty core metadata for cached wheels
+CACHE_FORMAT = 3  # 1 could hold the SHA-256 of empty core metadata for cached wheels
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ def _encode(art: Artifact, stamp: Stamp, metadata_size: int | None) -> dict[str,
     if art.deb is not None:
         entry["deb"] = {
             "package": art.deb.package, "version": art.deb.version,
-            "architecture": art.deb.architecture, "fields": [list(f) for f in art.deb.fields],
+            "architecture": art.deb.architecture, "control": art.deb.control,
         }
     if art.dist is not None:
         entry["dist"] = {
@@ -65,8 +65,7 @@ def _decode(rel: str, entry: dict[str, Any]) -> Artifact:
     )
     deb = entry.get("deb")
     if deb:
-        art.deb = DebInfo(deb["package"], deb["version"], deb["architecture"],
-                          tuple((k, v) for k, v in deb["fields"]))
+        art.deb = DebInfo(deb["package"], deb["version"], deb["architecture"], deb["control"])
     dist = entry.get("dist")
     if dist:
         # the core metadata itself lives beside the blob (blob + ".metadata"); not kept here

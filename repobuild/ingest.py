@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from repobuild.cache import Stamp
 from repobuild.errors import ValidationError
 from repobuild.formats.deb import DebError, DebInspector
 from repobuild.formats.pydist import (
@@ -34,7 +35,7 @@ class Ingested:
     artifact: Artifact
     temp: Path | None  # the copy made while reading, to be renamed into the blob store
     cached: bool = False  # known from the build cache: not read at all
-    stamp: os.stat_result | None = None  # the file's stat after reading
+    stamp: Stamp | None = None  # the file's size, mtime, ctime, inode after reading
     src: Path | None = None  # the file that was read
 
 
@@ -99,7 +100,7 @@ def ingest(src: Path, rel: str, temp: Path | None, *, sha512: bool = False) -> I
         _inspect(art, kind, inspector, src)
     except (DebError, DistError) as exc:
         raise ValidationError(str(exc), rel) from None
-    return Ingested(art, temp, stamp=after, src=src)
+    return Ingested(art, temp, stamp=Stamp.of(after), src=src)
 
 
 def _inspect(art: Artifact, kind: str, inspector: _Feeder | None, src: Path) -> None:

@@ -14,8 +14,6 @@ from debian.debian_support import Version
 
 from repobuild.model import Artifact
 
-# Fields the repository sets itself; a .deb's own control data never supplies them.
-_REPO_FIELDS = {"filename", "size", "md5sum", "sha1", "sha256", "sha512", "description-md5"}
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -33,19 +31,10 @@ def deb_sort_key(art: Artifact) -> tuple[str, Version, str, str]:
     return (art.deb.package, Version(art.deb.version), art.deb.architecture, art.sha256)
 
 
-def _field_lines(name: str, value: str) -> str:
-    lines = value.split("\n")
-    first = lines[0].strip()
-    rest = [ln if ln.startswith((" ", "\t")) else f" {ln}" for ln in lines[1:] if ln.strip()]
-    return "\n".join([f"{name}: {first}".rstrip(), *rest])
-
-
 def packages_stanza(art: Artifact) -> str:
     """One Packages stanza: the control fields, then Filename, Size and the hashes."""
     assert art.deb is not None
-    out = [
-        _field_lines(k, v) for k, v in art.deb.fields if k.lower() not in _REPO_FIELDS
-    ]
+    out = [art.deb.control] if art.deb.control else []
     out.append(f"Filename: {art.blob}")
     out.append(f"Size: {art.size}")
     if art.sha512:

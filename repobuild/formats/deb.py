@@ -32,8 +32,10 @@ class DebInfo:
     package: str
     version: str
     architecture: str
-    #: the control stanza's fields in their original order
-    fields: tuple[tuple[str, str], ...]
+    #: the control stanza as Packages carries it: the package's own fields in their original
+    #: order, without the ones the repository sets (Filename, Size, hashes); one string, so
+    #: that 100,000 packages stay small in memory and in the build cache
+    control: str
 
 
 class DebInspector:
@@ -177,4 +179,22 @@ def parse_control(raw: bytes) -> DebInfo:
         raise DebError(f"invalid version {version!r}") from None
     if any(c.isspace() for c in version):
         raise DebError(f"invalid version {version!r}")
-    return DebInfo(package=package, version=version, architecture=arch, fields=fields)
+    return DebInfo(package=package, version=version, architecture=arch,
+                   control=render_control(fields))
+
+
+# Fields the repository sets itself; a .deb's own control data never supplies them.
+REPO_FIELDS = frozenset({"filename", "size", "md5sum", "sha1", "sha256", "sha512",
+                         "description-md5"})
+
+
+def _field_lines(name: str, value: str) -> str:
+    lines = value.split("\n")
+    first = lines[0].strip()
+    rest = [ln if ln.startswith((" ", "\t")) else f" {ln}" for ln in lines[1:] if ln.strip()]
+    return "\n".join([f"{name}: {first}".rstrip(), *rest])
+
+
+def render_control(fields: tuple[tuple[str, str], ...]) -> str:
+    """The stanza lines of a package's own fields, for Packages."""
+    return "\n".join(_field_lines(k, v) for k, v in fields if k.lower() not in REPO_FIELDS)
