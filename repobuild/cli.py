@@ -264,11 +264,12 @@ def sync(
     trust: Annotated[Path, typer.Option(help="The pinned trust.json.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     keep_unlisted: Annotated[
-        bool, typer.Option(help="Keep files the new index no longer lists for --grace-days "
-                           "(default: delete them once index.json lands).")
-    ] = False,
+        bool, typer.Option("--keep-unlisted/--delete-unlisted",
+                           help="Keep files the new index no longer lists for --grace-days, "
+                           "or delete them once index.json lands.")
+    ] = True,
     grace_days: Annotated[
-        float, typer.Option(help="How long --keep-unlisted keeps them.")
+        float, typer.Option(help="How long unlisted files are kept.")
     ] = 7.0,
     timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 20.0,
     workers: Annotated[int, typer.Option(help="Parallel downloads.")] = 8,

@@ -413,7 +413,7 @@ def test_unlisted_files_go_at_once_or_after_the_grace_period(tmp_path: Path) -> 
     up = tmp_path / "up"
     build(source, up)
     plain, keeping = tmp_path / "plain", tmp_path / "keeping"
-    assert sync(up, "--to", plain).returncode == 0
+    assert sync(up, "--to", plain, "--delete-unlisted").returncode == 0
     assert sync(up, "--to", keeping).returncode == 0
     wheel = next((source / "python").glob("rbdemo_cli-*"))
     old_blob = next(a["blob"] for a in manifest.parse((up / "index.json").read_bytes()).artifacts
@@ -423,19 +423,19 @@ def test_unlisted_files_go_at_once_or_after_the_grace_period(tmp_path: Path) -> 
     gone = {"simple/rbdemo-cli/index.html", "simple/rbdemo-cli/index.json"}
     assert not gone & set(listed(up)) and old_blob in listed(up)
 
-    done = sync(up, "--to", plain, "--json")
+    done = sync(up, "--to", plain, "--json", "--delete-unlisted")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["removed"] == len(gone)
     assert not any((plain / p).exists() for p in gone), "deleted once index.json landed"
     assert (plain / old_blob).exists(), "the publisher still lists the retired blob"
     assert verify(plain).returncode == 0
 
-    assert sync(up, "--to", keeping, "--keep-unlisted").returncode == 0
+    assert sync(up, "--to", keeping).returncode == 0  # the default: a 7-day grace period
     assert all((keeping / p).exists() for p in gone), "kept for the grace period"
     verified = repobuild("verify", keeping, "--trust", TRUST, "--json")
     assert verified.returncode == 0, verified.stderr
     assert set(json.loads(verified.stdout)["grace"]) == gone
-    assert sync(up, "--to", keeping, "--keep-unlisted", "--grace-days", "0").returncode == 0
+    assert sync(up, "--to", keeping, "--grace-days", "0").returncode == 0
     assert not any((keeping / p).exists() for p in gone)
     assert verify(keeping).returncode == 0
 

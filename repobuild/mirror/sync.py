@@ -29,10 +29,12 @@
    and by-hash files it retains (with a ``retired`` time, for its own retention period), so
    clients and CDNs holding yesterday's InRelease are served by the publisher's policy, and a
    mirror that keeps exactly the listed files passes ``repobuild verify DEST`` (CONTRACT.md
-   guarantee 1). So, by default, files even the publisher stopped listing are deleted right
-   after index.json lands. ``--keep-unlisted`` keeps them for ``--grace-days`` (default 7)
-   instead, recording in ``DEST/.repobuild/sync.json`` when each became unlisted;
-   ``repobuild verify`` of the folder reads that record and accepts them while they wait.
+   guarantee 1). Files even the publisher stopped listing (a project page that went away, an
+   older by-hash file past the publisher's retention) stay for ``--grace-days`` (default 7),
+   so that a client or cache still holding the previous index keeps working; when each became
+   unlisted is recorded in ``DEST/.repobuild/sync.json``, and ``repobuild verify`` of the
+   folder reads that record and accepts them while they wait. ``--delete-unlisted`` removes
+   them as soon as index.json lands.
 5. A no-op sync is cheap: DEST's files are never read or hashed again. A listed file counts as
    present when a stat gives the listed size and either its path is content-addressed (blobs,
    by-hash) or DEST's current index.json — the one this command verified and landed, known by
@@ -374,7 +376,7 @@ def sync(
     *,
     timeout: float = 20.0,
     grace_days: float = 7.0,
-    keep_unlisted: bool = False,
+    keep_unlisted: bool = True,
     workers: int = 8,
     now: datetime | None = None,
     progress: Progress | None = None,
