@@ -12,9 +12,10 @@ import hashlib
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,12 @@ def _ingest_all(
     progress: Progress | None,
 ) -> list[Ingested]:
     """Each file read once, or not at all when the cache vouches for it and its blob is there."""
-    done = 0
     results: list[Ingested] = []
+
+    def take(job: Future[Ingested]) -> None:
+        results.append(job.result())
+        if progress and (len(results) % 64 == 0 or len(results) == len(files)):
+            progress(len(results), len(files))
 
     def one(sf: SourceFile) -> Ingested:
         stamp = Stamp(sf.size, sf.mtime_ns, sf.ctime_ns, sf.inode)
@@ -98,13 +103,15 @@ def _ingest_all(
         return ingest(sf.path, sf.rel, None if link else tree.temp_path(), sha512=sha512)
 
     workers = max(2, min(8, (os.cpu_count() or 2) * 2))
+    window: deque[Future[Ingested]] = deque()  # a few jobs in flight, not one per file
     with ThreadPoolExecutor(max_workers=workers) as pool:
         try:
-            for item in pool.map(one, files):
-                results.append(item)
-                done += 1
-                if progress:
-                    progress(done, len(files))
+            for sf in files:
+                window.append(pool.submit(one, sf))
+                if len(window) >= workers * 4:
+                    take(window.popleft())
+            while window:
+                take(window.popleft())
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
@@ -361,6 +368,7 @@ def build(
             else:
                 stage(art.blob + ".metadata", art.dist.metadata, immutable)
                 metadata_sizes[art.path] = len(art.dist.metadata)
+                art.dist = replace(art.dist, metadata=b"")  # written aside; not needed again
         for path, data in apt.by_hash.items():
             stage(path, data, immutable)
         for path, data in apt.mutable.items():

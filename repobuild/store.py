@@ -13,7 +13,7 @@ import os
 import shutil
 import threading
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from repobuild.errors import UsageError
@@ -29,9 +29,13 @@ class OutTree:
         self._lock_fd: int | None = None
         self.created_root = False
         self._created_top: Path | None = None
-        self._staged: dict[str, Future[Path | None]] = {}
+        # rel -> the file written aside (None: OUT holds these bytes already). No future is
+        # kept per file: at 100,000 files their locks and conditions alone cost ~60 MB.
+        self._staged: dict[str, str | None] = {}
+        self._stage_errors: list[BaseException] = []
         self._pool: ThreadPoolExecutor | None = None
-        self._queue_room = threading.BoundedSemaphore(256)
+        self._queue_size = 256
+        self._queue_room = threading.BoundedSemaphore(self._queue_size)
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
@@ -154,14 +158,26 @@ class OutTree:
         (size, sha256) at once; :meth:`commit_many` puts it in place later, by a rename."""
         size, digest = len(data), hashlib.sha256(data).hexdigest()
         self._queue_room.acquire()  # at most so many rendered files wait in memory
-        self._staged[rel] = self._io_pool().submit(self._write_aside, rel, data)
+        self._io_pool().submit(self._write_aside, rel, data)
         return size, digest
 
-    def _write_aside(self, rel: str, data: bytes) -> Path | None:
+    def _write_aside(self, rel: str, data: bytes) -> None:
         try:
-            return self._write_aside_now(rel, data)
+            tmp = self._write_aside_now(rel, data)
+            self._staged[rel] = str(tmp) if tmp is not None else None
+        except BaseException as exc:  # reported by _flush, in the build's thread
+            self._stage_errors.append(exc)
         finally:
             self._queue_room.release()
+
+    def _flush(self) -> None:
+        """Wait until every staged file is written aside."""
+        for _ in range(self._queue_size):
+            self._queue_room.acquire()
+        for _ in range(self._queue_size):
+            self._queue_room.release()
+        if self._stage_errors:
+            raise self._stage_errors[0]
 
     def _write_aside_now(self, rel: str, data: bytes) -> Path | None:
         dest = self.path(rel)
@@ -177,8 +193,7 @@ class OutTree:
         return tmp
 
     def _commit(self, rel: str) -> bool:
-        job = self._staged.pop(rel, None)
-        tmp = job.result() if job is not None else None
+        tmp = self._staged.pop(rel, None)
         if tmp is None:
             return False
         dest = self.path(rel)
@@ -191,6 +206,7 @@ class OutTree:
 
     def commit_many(self, rels: list[str]) -> int:
         """Land staged files (in any order among themselves); returns how many changed."""
+        self._flush()
         return sum(self._io_pool().map(self._commit, rels))
 
     def place_many(self, moves: list[tuple[Path, str]]) -> list[bool]:
