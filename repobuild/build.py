@@ -424,8 +424,8 @@ def build(
         phase("writing")
         result = BuildResult(version=version, artifacts=arts, errors=errors)
         fresh = [i for i in ingested if not i.cached]
-        moves = [(i.temp, i.artifact.blob) for i in fresh if i.temp is not None]
-        links = [(i.src or source / i.artifact.path, i.artifact.blob)
+        moves = [(Path(i.temp), i.artifact.blob) for i in fresh if i.temp is not None]
+        links = [(Path(i.src) if i.src else source / i.artifact.path, i.artifact.blob)
                  for i in fresh if i.temp is None]
         placed = tree.place_many(moves) + tree.link_many(links)
         for item, was_placed in zip(

@@ -33,10 +33,10 @@ class _Feeder(Protocol):
 @dataclass
 class Ingested:
     artifact: Artifact
-    temp: Path | None  # the copy made while reading, to be renamed into the blob store
+    temp: str | None  # the copy made while reading, to be renamed into the blob store
     cached: bool = False  # known from the build cache: not read at all
     stamp: Stamp | None = None  # the file's size, mtime, ctime, inode after reading
-    src: Path | None = None  # the file that was read
+    src: str | None = None  # the file that was read
 
 
 def classify(filename: str) -> str:
@@ -50,7 +50,7 @@ def classify(filename: str) -> str:
     return "file"
 
 
-def ingest(src: Path, rel: str, temp: Path | None, *, sha512: bool = False) -> Ingested:
+def ingest(src: str | Path, rel: str, temp: Path | None, *, sha512: bool = False) -> Ingested:
     """Read ``src`` once; write the same bytes to ``temp`` when given."""
     filename = rel.rsplit("/", 1)[-1]
     kind = classify(filename)
@@ -104,10 +104,11 @@ def ingest(src: Path, rel: str, temp: Path | None, *, sha512: bool = False) -> I
         _inspect(art, kind, inspector, src)
     except (DebError, DistError) as exc:
         raise ValidationError(str(exc), rel) from None
-    return Ingested(art, temp, stamp=Stamp.of(after), src=src)
+    return Ingested(art, None if temp is None else str(temp), stamp=Stamp.of(after),
+                    src=str(src))
 
 
-def _inspect(art: Artifact, kind: str, inspector: _Feeder | None, src: Path) -> None:
+def _inspect(art: Artifact, kind: str, inspector: _Feeder | None, src: str | Path) -> None:
     if isinstance(inspector, DebInspector):
         art.kind, art.deb = "deb", inspector.finish()
     elif isinstance(inspector, TailInspector):
@@ -124,7 +125,7 @@ def _inspect(art: Artifact, kind: str, inspector: _Feeder | None, src: Path) -> 
 
 
 def _with_fallback(
-    inspector: TailInspector, src: Path, name: str, *, wheel: bool
+    inspector: TailInspector, src: str | Path, name: str, *, wheel: bool
 ) -> DistInfo | None:
     try:
         return wheel_info(name, inspector.tail_file()) if wheel else zip_sdist_info(

@@ -11,7 +11,8 @@ from repobuild.errors import UsageError, ValidationError
 
 @dataclass(frozen=True)
 class SourceFile:
-    path: Path  # the file to read (a symlink's target inside SOURCE)
+    path: str  # the file to read (a symlink's target inside SOURCE); a str: 100,000 Paths
+    # are tens of megabytes
     rel: str  # SOURCE-relative name with '/' separators
     size: int
     mtime_ns: int
@@ -68,7 +69,8 @@ def scan_source(source: Path, *, exclude: Path | None = None) -> list[SourceFile
             if not target.is_file():
                 continue
             found.append(
-                SourceFile(target, rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+                SourceFile(str(target), rel, st.st_size, st.st_mtime_ns, st.st_ino,
+                           st.st_ctime_ns)
             )
     found.sort(key=lambda f: f.rel)
     return found

@@ -57,7 +57,10 @@ def gzip_bytes(data: bytes) -> bytes:
 
 
 def xz_bytes(data: bytes) -> bytes:
-    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=6)
+    # preset 6 with a 2 MiB dictionary: the same output every time, ~25 MB of compressor
+    # memory instead of ~94 MB (Packages files compress to a few percent either way)
+    filters = [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 2 << 20}]
+    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, filters=filters)
 
 
 @dataclass(frozen=True)
