@@ -4,6 +4,7 @@ configuration, as ../shared/CLIENTS.md describes."""
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures" / "release"
@@ -270,3 +272,18 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
 
 def have_tool(name: str) -> bool:
     return shutil.which(name) is not None
+
+
+# -- the fixture generator -------------------------------------------------------------------
+def fixture_generator() -> ModuleType:
+    """fixtures/make_release.py, loaded by path once (``fixtures`` is not a package)."""
+    loaded = sys.modules.get("make_release")
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.spec_from_file_location("make_release", FIXTURES.parent /
+                                                  "make_release.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_release"] = module  # dataclasses need the module registered
+    spec.loader.exec_module(module)
+    return module

@@ -9,34 +9,23 @@ exist yet leaves no folder behind (nor any parent it had to create).
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import shutil
-import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.clients import DEMO_KEYS, FIXTURES, repobuild, snapshot
+from tests.clients import DEMO_KEYS, FIXTURES, fixture_generator, repobuild, snapshot
 
 EPOCH = 1_700_000_000
 
 
-def _generator():  # type: ignore[no-untyped-def]
-    """fixtures/make_release.py, loaded by path."""
-    spec = importlib.util.spec_from_file_location("make_release", FIXTURES.parent /
-                                                  "make_release.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_release", module)
-    spec.loader.exec_module(module)
-    return module
 
 
-gen = _generator()
+gen = fixture_generator()
 
 
 def build(source: Path, out: Path, *extra: str | Path):  # type: ignore[no-untyped-def]

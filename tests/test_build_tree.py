@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from repobuild.signing.cosign import load_cosign_private_key
 from repobuild.signing.gpg import dearmor
-from tests.clients import DEMO_KEYS, FIXTURES, repobuild, snapshot
+from tests.clients import DEMO_KEYS, FIXTURES, fixture_generator, repobuild, snapshot
 
 #: 2023-11-14T22:13:20Z, after the demo keys' creation (2020-01-01)
 EPOCH = 1_700_000_000
@@ -212,18 +212,6 @@ def test_times_come_from_source_date_epoch(out_a: Path, tmp_path: Path) -> None:
 # --- g. a second build into the same OUT ---------------------------------------------------------
 
 
-def _generator():  # type: ignore[no-untyped-def]
-    """fixtures/make_release.py, loaded by path (a `fixtures` package on sys.path may differ)."""
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("make_release", FIXTURES.parent /
-                                                  "make_release.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_release", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _stanzas(packages: str) -> list[dict[str, str]]:
@@ -265,7 +253,7 @@ def _check_tree(out: Path) -> dict:
 
 
 def test_rebuild_adds_a_package_keeps_blobs_and_retires_removed_files(tmp_path: Path) -> None:
-    gen = _generator()
+    gen = fixture_generator()
     src = shutil.copytree(FIXTURES, tmp_path / "release")
     out = tmp_path / "out"
     build_into(src, out, EPOCH)

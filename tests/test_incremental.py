@@ -16,39 +16,28 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import json
 import lzma
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 import repobuild.build as rb
 from repobuild.config import Config
-from tests.clients import DEMO_KEYS, FIXTURES, repobuild, snapshot
+from tests.clients import DEMO_KEYS, FIXTURES, fixture_generator, repobuild, snapshot
 
 TRUST = DEMO_KEYS / "trust.json"
 AMD64 = "dists/stable/main/binary-amd64"
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
-def _load_make_release() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "make_release", FIXTURES.parent / "make_release.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_release"] = module  # dataclasses need the module registered
-    spec.loader.exec_module(module)
-    return module
 
 
-mr = _load_make_release()
+mr = fixture_generator()
 
 
 @pytest.fixture(autouse=True)

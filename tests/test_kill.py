@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 
 from repobuild.formats import manifest
-from tests.clients import DEMO_KEYS, FIXTURES, REPO, snapshot
+from tests.clients import DEMO_KEYS, FIXTURES, REPO, fixture_generator, snapshot
 
 N_FILES = 2000  # new files for the targeted kills
 N_BATCH = 800  # new files per attempt of the random kills
@@ -69,17 +69,6 @@ def verify(out: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, env=env(), cwd=REPO, timeout=300)
 
 
-def _generator():  # type: ignore[no-untyped-def]
-    """fixtures/make_release.py, loaded by path."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_release", FIXTURES.parent /
-                                                  "make_release.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("make_release", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def add_files(src: Path, batch: str, n: int = N_FILES) -> None:
@@ -88,7 +77,7 @@ def add_files(src: Path, batch: str, n: int = N_FILES) -> None:
     folder.mkdir(parents=True)
     for i in range(n):
         (folder / f"f{i:05d}.bin").write_bytes(os.urandom(FILE_SIZE))
-    gen = _generator()
+    gen = fixture_generator()
     name = f"rbdemo-kill-{batch}"
     gen.make_deb(src / "debs", name, "1.0-1", "amd64")
     gen.make_wheel(src / "python", name, "1.0.0")

@@ -19,23 +19,13 @@ import pytest
 
 from repobuild.formats import manifest
 from repobuild.mirror.cachepolicy import IMMUTABLE, MUTABLE, is_immutable
-from tests.clients import DEMO_KEYS, FIXTURES, repobuild, snapshot
+from tests.clients import DEMO_KEYS, FIXTURES, fixture_generator, repobuild, snapshot
 
 TRUST = DEMO_KEYS / "trust.json"
 SIGS = {"index.json", "index.json.asc", "index.json.sig", "index.json.sigstore.json"}
 MOTO = Path(sys.executable).parent / "moto_server"
 
 
-def _load_fixture_module():  # type: ignore[no-untyped-def]
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "make_release", FIXTURES.parent / "make_release.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_release"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def build(source: Path, out: Path) -> None:
@@ -143,7 +133,7 @@ def test_publish_to_folder_rsync_and_s3(tmp_path: Path, moto: str) -> None:
     assert head["CacheControl"] == MUTABLE
 
     # add one package, rebuild, publish again
-    mr = _load_fixture_module()
+    mr = fixture_generator()
     mr.make_wheel(source / "python", "rbdemo-extra", "1.0.0")
     old_index = tmp_path / "old-index.json"
     shutil.copy(out / "index.json", old_index)
