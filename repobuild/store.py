@@ -19,6 +19,7 @@ from pathlib import Path
 from repobuild.errors import UsageError
 
 STATE_DIR = ".repobuild"
+_LANDED = Path("/")  # a staged file that was written in place already
 
 
 class OutTree:
@@ -62,6 +63,8 @@ class OutTree:
         self._lock_fd = fd
         shutil.rmtree(self.tmp, ignore_errors=True)  # left over from a killed run
         self.tmp.mkdir()
+        for shard in "0123456789abcdef":
+            (self.tmp / shard).mkdir()
 
     def close(self, *, failed: bool) -> None:
         if self._pool is not None:
@@ -76,7 +79,10 @@ class OutTree:
             shutil.rmtree(self._created_top or self.root, ignore_errors=True)
 
     def temp_path(self) -> Path:
-        return self.tmp / uuid.uuid4().hex
+        # spread over 16 folders: creating files in one folder serialises on its lock, and a
+        # build creates one temporary file per new blob and per rendered page
+        name = uuid.uuid4().hex
+        return self.tmp / name[0] / name
 
     # -- writing ---------------------------------------------------------------------------
     def path(self, rel: str) -> Path:
@@ -182,20 +188,44 @@ class OutTree:
     def _write_aside_now(self, rel: str, data: bytes) -> Path | None:
         dest = self.path(rel)
         try:
-            if dest.stat().st_size == len(data) and dest.read_bytes() == data:
-                return None
+            st: os.stat_result | None = dest.stat()
+        except FileNotFoundError:
+            # A path no visible index names yet (a new page, a new blob's metadata): written in
+            # place at once, which saves a temporary file and a rename per file. A build killed
+            # now leaves it unlisted, and the next build replaces or prunes it.
+            if self._write_new(dest, data):
+                return _LANDED
+            st = None
         except OSError:
-            pass
+            st = None
+        if st is not None and st.st_size == len(data) and dest.read_bytes() == data:
+            return None
         tmp = self.temp_path()
         with open(tmp, "wb") as fh:
             fh.write(data)
         tmp.chmod(0o644)
         return tmp
 
+    @staticmethod
+    def _write_new(dest: Path, data: bytes) -> bool:
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            return OutTree._write_new(dest, data)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fd, 0o644)
+            fh.write(data)
+        return True
+
     def _commit(self, rel: str) -> bool:
         tmp = self._staged.pop(rel, None)
         if tmp is None:
             return False
+        if tmp == str(_LANDED):
+            return True
         dest = self.path(rel)
         try:
             os.replace(tmp, dest)
