@@ -115,5 +115,6 @@ class BuildCache:
 
     def save(self, tmp: Path) -> None:
         doc = {"format": CACHE_FORMAT, "files": self.fresh}
-        tmp.write_text(json.dumps(doc, separators=(",", ":"), sort_keys=True))
+        with open(tmp, "w", encoding="utf-8") as fh:  # streamed: no 60 MB string at 100,000
+            json.dump(doc, fh, separators=(",", ":"), sort_keys=True)
         os.replace(tmp, self.path)
