@@ -12,7 +12,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from repobuild.errors import UsageError
+from repobuild.errors import UsageError, ValidationError
 from repobuild.signing.gpg import GpgSigner, generate_gpg_key
 
 DEMO_MARKER = "INSECURE-DEMO-KEYS"
@@ -182,11 +182,14 @@ def load_keys(
         elif (keydir / "cosign.key").is_file():
             from repobuild.signing import cosign
 
-            ks.cosign = cosign.load_cosign_private_key(
-                _read(keydir / "cosign.key"),
-                cosign.password_from_env(),
-                source=str(keydir / "cosign.key"),
-            )
+            try:
+                ks.cosign = cosign.load_cosign_private_key(
+                    _read(keydir / "cosign.key"),
+                    cosign.password_from_env(),
+                    source=str(keydir / "cosign.key"),
+                )
+            except ValidationError as exc:  # a wrong $COSIGN_PASSWORD is a configuration error
+                raise UsageError(str(exc)) from None
             ks.cosign_public = ks.cosign.public_key_pem()
         intoto_dir = keydir / "intoto"
         for role, attr in (("intoto-owner", "owner"), ("intoto-builder", "builder")):

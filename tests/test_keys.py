@@ -59,5 +59,6 @@ def test_generate_writes_the_key_folder_and_builds_with_it(
     assert verified.returncode == 0, verified.stderr
     wrong = repobuild("build", FIXTURES, "--out", tmp_path / "o2", "--keys", keydir,
                       env={**env, "COSIGN_PASSWORD": "wrong"})
-    assert wrong.returncode != 0 and "cannot decrypt cosign key" in wrong.stderr
+    assert wrong.returncode == 2 and "cannot decrypt cosign key" in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1 and not (tmp_path / "o2").exists()
     assert os.environ.get("GNUPGHOME") != str(home)
