@@ -128,13 +128,16 @@ class OutTree:
         if dest.exists():
             return False
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.temp_path()
         try:
-            os.link(src, tmp)
-        except OSError:
+            os.link(src, dest)  # atomic: the whole file appears, or nothing
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # another filesystem: copy aside, then rename
+            tmp = self.temp_path()
             shutil.copyfile(src, tmp)
-        os.rename(tmp, dest)
-        return True
+            os.rename(tmp, dest)
+            return True
 
     # -- reading ---------------------------------------------------------------------------
     def walk(self) -> list[str]:
