@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -526,8 +526,3 @@ def _provenance(
         command=["repobuild", "build"],
     )
     return {"in-toto/root.layout": layout, f"in-toto/{link_name}": link}
-
-
-def iter_listed(index: manifest.Manifest) -> Iterator[tuple[str, int, str]]:
-    for path, (size, digest) in sorted(index.listed().items()):
-        yield path, size, digest

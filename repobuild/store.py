@@ -103,14 +103,6 @@ class OutTree:
         tmp.chmod(0o644)
         os.replace(tmp, dest)
 
-    def write_once(self, rel: str, data: bytes) -> bool:
-        """Write an immutable, content-addressed file unless it is there already."""
-        dest = self.path(rel)
-        if dest.exists():
-            return False
-        self.write(rel, data)
-        return True
-
     def place_blob(self, temp: Path, rel: str) -> bool:
         """Move a fully written temporary copy into the blob store; never replace a blob."""
         dest = self.path(rel)

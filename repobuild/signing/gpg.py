@@ -92,13 +92,6 @@ class GpgSigner:
         self._home.close()
 
 
-def fingerprint_of(public_asc: bytes) -> list[str]:
-    """Fingerprints of the keys in an armored or binary public key file."""
-    with GpgHome() as home:
-        result = home.gpg.import_keys(public_asc)
-        return list(result.fingerprints)
-
-
 def generate_gpg_key(
     name: str, email: str, algo: str = "ed25519", *, created: int | None = None
 ) -> tuple[bytes, bytes, str]:
