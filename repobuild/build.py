@@ -31,11 +31,12 @@ from repobuild.formats import manifest
 from repobuild.formats.manifest import ManifestError, rfc3339
 from repobuild.gc import record_history
 from repobuild.ingest import Ingested, ingest
-from repobuild.keys import KeySet, check_keydir, load_keys, make_trust, spki_hint
+from repobuild.keys import KeySet, check_keydir, load_keys, make_trust
 from repobuild.mirror.cachepolicy import render_headers_file, render_nginx_snippet
 from repobuild.model import Artifact, FileEntry
 from repobuild.pyrepo import build_simple
 from repobuild.scan import SourceFile, scan_source
+from repobuild.signing.cosign import public_key_hint
 from repobuild.signing.gpg import dearmor
 from repobuild.store import OutTree
 from repobuild.templating import render
@@ -216,7 +217,7 @@ def _landing(
     key_rows = [{"kind": "OpenPGP", "id": keys.gpg.key_id, "href": "keys/public.asc"}]
     if keys.cosign_public:
         key_rows.append(
-            {"kind": "cosign (SHA-256 of key)", "id": spki_hint(keys.cosign_public),
+            {"kind": "cosign (SHA-256 of key)", "id": public_key_hint(keys.cosign_public),
              "href": "keys/cosign.pub"}
         )
     if keys.owner_public:

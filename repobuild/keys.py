@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-
 from repobuild.errors import UsageError, ValidationError
+from repobuild.signing.cosign import public_key_hint
 from repobuild.signing.gpg import GpgSigner, generate_gpg_key
 
 DEMO_MARKER = "INSECURE-DEMO-KEYS"
@@ -23,15 +20,6 @@ def _write(path: Path, data: bytes, *, secret: bool) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
-
-
-def spki_hint(public_pem: bytes) -> str:
-    """base64(SHA-256 of the SubjectPublicKeyInfo DER): the Sigstore bundle's key hint."""
-    key = serialization.load_pem_public_key(public_pem)
-    der = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return base64.b64encode(hashlib.sha256(der).digest()).decode()
 
 
 def make_trust(
@@ -53,7 +41,7 @@ def make_trust(
     }
     if cosign_public is not None:
         trust["cosign"].append(
-            {"hint": spki_hint(cosign_public), "public_key": cosign_public.decode()}
+            {"hint": public_key_hint(cosign_public), "public_key": cosign_public.decode()}
         )
     if owner_public is not None and owner_keyid is not None:
         trust["intoto"]["owner"].append({"keyid": owner_keyid, "public_key": owner_public.decode()})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -10,6 +9,7 @@ from urllib.parse import quote
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from repobuild.formats.manifest import canonical
 from repobuild.model import Artifact
 from repobuild.templating import render
 
@@ -27,10 +27,6 @@ class SimpleFile:
     yanked: str | None
     metadata_sha256: str | None
     version: str
-
-
-def canonical_json(obj: object) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def project_files(arts: Iterable[Artifact]) -> dict[str, list[SimpleFile]]:
@@ -63,7 +59,7 @@ def project_files(arts: Iterable[Artifact]) -> dict[str, list[SimpleFile]]:
 
 def render_root(names: list[str]) -> tuple[bytes, bytes]:
     html = render("simple_root.html.j2", api_version=API_VERSION, projects=names)
-    data = canonical_json(
+    data = canonical(
         {"meta": {"api-version": API_VERSION}, "projects": [{"name": n} for n in names]}
     )
     return html, data
@@ -90,7 +86,7 @@ def render_project(name: str, files: list[SimpleFile]) -> tuple[bytes, bytes]:
         entry["dist-info-metadata"] = meta
         entries.append(entry)
     versions = sorted({f.version for f in files}, key=Version)
-    data = canonical_json(
+    data = canonical(
         {"meta": {"api-version": API_VERSION}, "name": name, "versions": versions, "files": entries}
     )
     return html, data
