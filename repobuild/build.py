@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from repobuild.errors import UsageError, ValidationError
 from repobuild.formats import manifest
 from repobuild.formats.manifest import ManifestError, rfc3339
 from repobuild.gc import record_history
-from repobuild.ingest import Ingested, ingest
+from repobuild.ingest import Ingested, Job, ingest_batch, ingest_into
 from repobuild.keys import KeySet, check_keydir, load_keys, make_trust
 from repobuild.mirror.cachepolicy import render_headers_file, render_nginx_snippet
 from repobuild.model import Artifact, FileEntry
@@ -41,8 +40,11 @@ from repobuild.signing.gpg import dearmor
 from repobuild.store import OutTree
 from repobuild.templating import render
 from repobuild.trust import KEYLESS_BUNDLE
+from repobuild.workers import Workers, worker_count
 
 INDEX = "index.json"
+BATCH_BYTES = 8 << 20  # work sent to a worker process at once
+BATCH_FILES = 64
 
 Progress = Callable[[int, int], None]
 
@@ -83,40 +85,114 @@ def _ingest_all(
     files: list[SourceFile],
     tree: OutTree,
     cache: BuildCache,
+    workers: Workers,
+    created: list[str],
     *,
     link: bool,
     sha512: bool,
     progress: Progress | None,
 ) -> list[Ingested]:
-    """Each file read once, or not at all when the cache vouches for it and its blob is there."""
-    results: list[Ingested] = []
+    """Each file read once, or not at all when the cache vouches for it and its blob is there.
 
-    def take(job: Future[Ingested]) -> None:
-        results.append(job.result())
-        if progress and (len(results) % 64 == 0 or len(results) == len(files)):
-            progress(len(results), len(files))
-
-    def one(sf: SourceFile) -> Ingested:
-        stamp = Stamp(sf.size, sf.mtime_ns, sf.ctime_ns, sf.inode)
-        art = cache.lookup(sf.rel, stamp, sha512=sha512)
+    The files to read go to the worker processes in batches; each worker hashes, inspects and
+    places the blob. Every blob or .metadata file this build creates is added to ``created``
+    (removed again if the build fails before it lands anything else).
+    """
+    slots: list[Ingested | None] = [None] * len(files)
+    todo: list[int] = []
+    for pos, sf in enumerate(files):
+        art = cache.lookup(sf.rel, Stamp(sf.size, sf.mtime_ns, sf.ctime_ns, sf.inode),
+                           sha512=sha512)
         if art is not None and _blob_present(tree, art, cache):
-            return Ingested(art, None, cached=True)
-        return ingest(sf.path, sf.rel, None if link else tree.temp_path(), sha512=sha512)
+            slots[pos] = Ingested(art, None, cached=True)
+        else:
+            todo.append(pos)
+    done = len(files) - len(todo)
+    if progress:
+        progress(done, len(files))
+    root = str(tree.root)
 
-    workers = max(2, min(8, (os.cpu_count() or 2) * 2))
-    window: deque[Future[Ingested]] = deque()  # a few jobs in flight, not one per file
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    def job(pos: int) -> Job:
+        sf = files[pos]
+        return (sf.path, sf.rel, None if link else str(tree.temp_path()))
+
+    def take(positions: list[int], items: list[Ingested], error: BaseException | None) -> None:
+        nonlocal done
+        for pos, item in zip(positions, items, strict=False):
+            slots[pos] = item
+            if item.placed:
+                created.append(item.artifact.blob)
+            if item.meta_created:
+                created.append(item.artifact.blob + ".metadata")
+        done += len(items)
+        if progress:
+            progress(done, len(files))
+        if error is not None:
+            raise error
+
+    if workers.count == 0:
+        for pos in todo:
+            try:
+                item = ingest_into(root, job(pos), link=link, sha512=sha512)
+            except BaseException as exc:
+                take([], [], exc)
+            take([pos], [item], None)
+    else:
+        _in_workers(files, todo, workers, root, job, take, link=link, sha512=sha512)
+    return [item for item in slots if item is not None]
+
+
+def _in_workers(
+    files: list[SourceFile],
+    todo: list[int],
+    workers: Workers,
+    root: str,
+    job: Callable[[int], Job],
+    take: Callable[[list[int], list[Ingested], BaseException | None], None],
+    *,
+    link: bool,
+    sha512: bool,
+) -> None:
+    """Batches of about BATCH_BYTES (at most BATCH_FILES files), a few per worker in flight;
+    results are taken in order. On the first failure nothing more is sent, and every batch
+    still running is waited for, so that all it placed is known (and can be undone)."""
+    window: deque[tuple[list[int], Future[tuple[list[Ingested], BaseException | None]]]] = (
+        deque()
+    )
+    failure: BaseException | None = None
+
+    def drain_one() -> None:
+        nonlocal failure
+        positions, fut = window.popleft()
         try:
-            for sf in files:
-                window.append(pool.submit(one, sf))
-                if len(window) >= workers * 4:
-                    take(window.popleft())
-            while window:
-                take(window.popleft())
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    return results
+            items, error = fut.result()
+        except BaseException as exc:  # a worker died (BrokenProcessPool) or pickling failed
+            items, error = [], exc
+        try:
+            take(positions, items, error)
+        except BaseException as exc:
+            failure = failure or exc
+
+    batch: list[int] = []
+    size = 0
+    for pos in todo:
+        batch.append(pos)
+        size += files[pos].size
+        if size >= BATCH_BYTES or len(batch) >= BATCH_FILES:
+            window.append((batch, workers.submit(
+                ingest_batch, root, [job(p) for p in batch], link, sha512)))
+            batch, size = [], 0
+            while len(window) >= workers.count * 3 or (window and window[0][1].done()):
+                drain_one()
+            if failure is not None:
+                break
+    if batch and failure is None:
+        window.append((batch, workers.submit(
+            ingest_batch, root, [job(p) for p in batch], link, sha512)))
+    while window:
+        drain_one()
+    if failure is not None:
+        raise failure
 
 
 def _blob_present(tree: OutTree, art: Artifact, cache: BuildCache) -> bool:
@@ -314,12 +390,16 @@ def build(
     phase("scanning")
     files = scan_source(source, exclude=out)
     check_keydir(keydir)
+    # forked first: before OUT's lock is taken (a worker would hold it) and before any thread
+    workers = Workers(worker_count(len(files)))
     # Unlocking keys (gpg import, the cosign key's scrypt) overlaps with reading the files.
     key_pool = ThreadPoolExecutor(max_workers=1)
     keys_job = key_pool.submit(load_keys, keydir, faked_time=epoch, signers=signers)
     key_pool.shutdown(wait=False)
     tree = OutTree(out)
     failed = True
+    landing = False  # from here on, a failure keeps what this build placed
+    created: list[str] = []  # blobs and .metadata files this build added to OUT
     metadata_sizes: dict[str, int] = {}
     try:
         tree.open()
@@ -329,8 +409,10 @@ def build(
         phase("reading")
         cache = BuildCache(tree.state, enabled=not rehash)
         ingested = _ingest_all(
-            files, tree, cache, link=link, sha512=config.sha512, progress=progress
+            files, tree, cache, workers, created,
+            link=link, sha512=config.sha512, progress=progress,
         )
+        tree.use_workers(workers)
         arts = [i.artifact for i in ingested]
         _check_duplicates(arts)
         first_seen = {a["sha256"]: a.get("uploaded") for a in (prev.artifacts if prev else [])}
@@ -339,9 +421,6 @@ def build(
             art.component = config.component_for(art.path)
             if art.dist is not None:
                 art.yanked = config.yank_reason(art.path)
-            if art.kind == "wheel" and art.dist is not None and not art.metadata_sha256:
-                # a cached wheel keeps the hash the cache recorded: its metadata is not loaded
-                art.metadata_sha256 = _sha256(art.dist.metadata)
 
         phase("rendering")
         keys = keys_job.result()
@@ -359,17 +438,15 @@ def build(
             current[path] = FileEntry(size, digest)
             group.append(path)
 
-        for item in ingested:
+        for item in ingested:  # the PEP 658 files, written beside their blobs already
             art = item.artifact
             if art.kind != "wheel" or art.dist is None:
                 continue
-            size = cache.metadata_size(art.path)
-            if item.cached and art.metadata_sha256 and size is not None:
-                current[art.blob + ".metadata"] = FileEntry(size, art.metadata_sha256)
-            else:
-                stage(art.blob + ".metadata", art.dist.metadata, immutable)
-                metadata_sizes[art.path] = len(art.dist.metadata)
-                art.dist = replace(art.dist, metadata=b"")  # written aside; not needed again
+            size = cache.metadata_size(art.path) if item.cached else item.meta_size
+            if size is None or not art.metadata_sha256:
+                raise AssertionError(f"{art.path}: no core metadata recorded")
+            current[art.blob + ".metadata"] = FileEntry(size, art.metadata_sha256)
+            metadata_sizes[art.path] = size
         for path, data in apt.by_hash.items():
             stage(path, data, immutable)
         for path, data in apt.mutable.items():
@@ -423,21 +500,15 @@ def build(
 
         # ---- from here on, OUT changes, in the safe order ---------------------------------
         phase("writing")
+        landing = True
         result = BuildResult(version=version, artifacts=arts, errors=errors)
-        fresh = [i for i in ingested if not i.cached]
-        moves = [(Path(i.temp), i.artifact.blob) for i in fresh if i.temp is not None]
-        links = [(Path(i.src) if i.src else source / i.artifact.path, i.artifact.blob)
-                 for i in fresh if i.temp is None]
-        placed = tree.place_many(moves) + tree.link_many(links)
-        for item, was_placed in zip(
-            [i for i in fresh if i.temp is not None] + [i for i in fresh if i.temp is None],
-            placed, strict=True,
-        ):
-            if was_placed:
+        for item in ingested:  # the blobs are in place already (ingest_into)
+            if item.placed:
                 result.new_blobs += 1
                 result.new_bytes += item.artifact.size
         tree.commit_many(immutable)
         result.written = tree.commit_many(mutable) + tree.commit_many(tops)
+        workers.close()
         tree.write(INDEX, index_bytes)
         for path, data in signatures.items():
             tree.write(path, data)
@@ -445,8 +516,7 @@ def build(
         record_history(tree, version, index_bytes)
         for item in ingested:
             if item.stamp is not None:
-                cache.record(item.artifact, _stamp_after(item, link),
-                             metadata_sizes.get(item.artifact.path))
+                cache.record(item.artifact, item.stamp, metadata_sizes.get(item.artifact.path))
         cache.save(tree.temp_path())
 
         phase("pruning")
@@ -465,6 +535,10 @@ def build(
         result.seconds = time.monotonic() - started
         return result
     finally:
+        workers.close()
+        if failed and not landing:
+            for path in reversed(created):  # OUT as it was: no new blob stays behind
+                tree.remove(path)
         tree.close(failed=failed and tree.created_root)
         if keys_job.done() and keys_job.exception() is None:
             keys_job.result().close()
@@ -488,21 +562,6 @@ def _sign_index(keys: KeySet, index_bytes: bytes) -> dict[str, bytes]:
         sigs["index.json.sig"] = base64.b64encode(der)
         sigs["index.json.sigstore.json"] = make_key_bundle(index_bytes, der, keys.cosign_public)
     return sigs
-
-
-def _stamp_after(item: Ingested, link: bool) -> Stamp:
-    """The file's stamp for the cache. Hard-linking a file changes its ctime, so after
-    ``--link`` the stamp is taken again, if size and mtime still match what was read."""
-    assert item.stamp is not None
-    st = item.stamp
-    if link and item.src is not None:
-        try:
-            fresh = Stamp.of(os.stat(item.src))
-        except OSError:
-            return st
-        if (fresh.size, fresh.mtime_ns) == (st.size, st.mtime_ns):
-            return fresh
-    return st
 
 
 def _provenance(

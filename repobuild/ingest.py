@@ -1,15 +1,24 @@
-"""Read each SOURCE file once: hash it, copy it to a temporary blob and inspect it, in one pass."""
+"""Read each SOURCE file once: hash it, copy it to a temporary blob and inspect it, in one pass;
+then put the blob (and a wheel's PEP 658 metadata) in place under its SHA-256.
+
+Placing a new blob early is safe: no index names it until the build's index.json lands, a blob
+path never holds anything but those bytes (renamed from a complete copy, or a hard link), and a
+build that fails before landing removes the blobs it created (``undo``).
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
-from dataclasses import dataclass
+import shutil
+import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from repobuild.cache import Stamp
-from repobuild.errors import ValidationError
+from repobuild.errors import RepobuildError, ValidationError
 from repobuild.formats.deb import DebError, DebInspector
 from repobuild.formats.pydist import (
     DistError,
@@ -37,6 +46,9 @@ class Ingested:
     cached: bool = False  # known from the build cache: not read at all
     stamp: Stamp | None = None  # the file's size, mtime, ctime, inode after reading
     src: str | None = None  # the file that was read
+    placed: bool | None = None  # its blob: created by this build (True), already there (False)
+    meta_size: int | None = None  # a wheel's .metadata file beside the blob
+    meta_created: bool = False
 
 
 def classify(filename: str) -> str:
@@ -135,3 +147,122 @@ def _with_fallback(
         # METADATA far from the end of a large zip: read the archive itself once more.
         with open(src, "rb") as fh:
             return wheel_info(name, fh) if wheel else zip_sdist_info(fh)
+
+
+# -- into the blob store ---------------------------------------------------------------------
+Job = tuple[str, str, str | None]  # (file to read, SOURCE-relative name, temporary copy or None)
+
+
+def ingest_into(root: str, job: Job, *, link: bool, sha512: bool) -> Ingested:
+    """Read one file (:func:`ingest`), then place its blob and a wheel's .metadata in OUT."""
+    src, rel, temp = job
+    item = ingest(src, rel, None if temp is None else Path(temp), sha512=sha512)
+    art = item.artifact
+    dest = f"{root}/{art.blob}"
+    try:
+        if temp is None:
+            item.placed = _link(src, dest, root)
+        else:
+            item.placed = _rename(temp, dest)
+        item.temp = None
+        if art.kind == "wheel" and art.dist is not None:
+            meta = art.dist.metadata
+            art.metadata_sha256 = hashlib.sha256(meta).hexdigest()
+            item.meta_size = len(meta)
+            item.meta_created = _write_once(dest + ".metadata", meta, root)
+            art.dist = replace(art.dist, metadata=b"")  # on disk now; not carried further
+    except OSError as exc:
+        raise RepobuildError(f"cannot write to OUT: {exc.strerror or exc}", dest) from None
+    if link:
+        # hard-linking changed the file's ctime: take the stamp again for the build cache, if
+        # size and mtime still match what was read
+        try:
+            st = os.stat(src)
+        except OSError:
+            return item
+        if item.stamp is not None and (st.st_size, st.st_mtime_ns) == (
+            item.stamp.size, item.stamp.mtime_ns
+        ):
+            item.stamp = Stamp.of(st)
+    return item
+
+
+def ingest_batch(
+    root: str, jobs: list[Job], link: bool, sha512: bool
+) -> tuple[list[Ingested], BaseException | None]:
+    """:func:`ingest_into` for several files (in a worker process). Stops at the first failure
+    and returns it with what was done before it, so that the build can undo that."""
+    done: list[Ingested] = []
+    for job in jobs:
+        try:
+            done.append(ingest_into(root, job, link=link, sha512=sha512))
+        except BaseException as exc:  # noqa: BLE001 - handed to the parent process
+            return done, exc
+    return done, None
+
+
+def _makedirs(path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+
+
+def _rename(temp: str, dest: str) -> bool:
+    if os.path.exists(dest):  # the same bytes under the same name: a blob is never rewritten
+        os.unlink(temp)
+        return False
+    os.chmod(temp, 0o644)
+    try:
+        os.rename(temp, dest)
+    except FileNotFoundError:
+        _makedirs(dest)
+        os.rename(temp, dest)
+    return True
+
+
+def _link(src: str, dest: str, root: str) -> bool:
+    try:
+        os.link(src, dest)  # atomic: the whole file appears, or nothing
+    except FileNotFoundError:
+        _makedirs(dest)
+        return _link(src, dest, root)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise
+        tmp = _temp_name(root)  # another filesystem: copy aside, then rename
+        shutil.copyfile(src, tmp)
+        return _rename(tmp, dest)
+    return True
+
+
+def _write_once(path: str, data: bytes, root: str) -> bool:
+    """Create ``path`` with ``data``; True when this call created it. A file already there
+    with other bytes (cut short by a killed build) is replaced atomically."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileNotFoundError:
+        _makedirs(path)
+        return _write_once(path, data, root)
+    except FileExistsError:
+        with open(path, "rb") as fh:
+            if fh.read() == data:
+                return False
+        tmp = _temp_name(root)
+        with open(tmp, "wb") as out:
+            out.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+        return False
+    try:
+        os.fchmod(fd, 0o644)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    return True
+
+
+def _temp_name(root: str) -> str:
+    name = uuid.uuid4().hex
+    return f"{root}/.repobuild/tmp/{name[0]}/{name}"

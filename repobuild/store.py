@@ -11,15 +11,18 @@ import fcntl
 import hashlib
 import os
 import shutil
-import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future
 from pathlib import Path
 
 from repobuild.errors import UsageError
+from repobuild.workers import Workers
 
 STATE_DIR = ".repobuild"
-_LANDED = Path("/")  # a staged file that was written in place already
+LANDED = "/"  # a staged file that was written in place already
+STAGE_BATCH_BYTES = 1 << 20
+STAGE_BATCH_FILES = 256
 
 
 class OutTree:
@@ -30,13 +33,13 @@ class OutTree:
         self._lock_fd: int | None = None
         self.created_root = False
         self._created_top: Path | None = None
-        # rel -> the file written aside (None: OUT holds these bytes already). No future is
-        # kept per file: at 100,000 files their locks and conditions alone cost ~60 MB.
+        # rel -> the file written aside (None: OUT holds these bytes already; LANDED: written
+        # in place). No future is kept per file: at 100,000 files they cost ~60 MB.
         self._staged: dict[str, str | None] = {}
-        self._stage_errors: list[BaseException] = []
-        self._pool: ThreadPoolExecutor | None = None
-        self._queue_size = 256
-        self._queue_room = threading.BoundedSemaphore(self._queue_size)
+        self._workers: Workers | None = None
+        self._batch: list[tuple[str, bytes]] = []
+        self._batch_bytes = 0
+        self._pending: deque[Future[list[tuple[str, str | None]]]] = deque()
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
@@ -67,9 +70,9 @@ class OutTree:
             (self.tmp / shard).mkdir()
 
     def close(self, *, failed: bool) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        for job in self._pending:  # written aside, into tmp (removed below)
+            job.exception()
+        self._pending.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -103,34 +106,6 @@ class OutTree:
         tmp.chmod(0o644)
         os.replace(tmp, dest)
 
-    def place_blob(self, temp: Path, rel: str) -> bool:
-        """Move a fully written temporary copy into the blob store; never replace a blob."""
-        dest = self.path(rel)
-        if dest.exists():
-            temp.unlink(missing_ok=True)
-            return False
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        temp.chmod(0o644)
-        os.rename(temp, dest)
-        return True
-
-    def link_blob(self, src: Path, rel: str) -> bool:
-        """Hard-link a source file into the blob store (``--link``)."""
-        dest = self.path(rel)
-        if dest.exists():
-            return False
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src, dest)  # atomic: the whole file appears, or nothing
-            return True
-        except FileExistsError:
-            return False
-        except OSError:  # another filesystem: copy aside, then rename
-            tmp = self.temp_path()
-            shutil.copyfile(src, tmp)
-            os.rename(tmp, dest)
-            return True
-
     # -- reading ---------------------------------------------------------------------------
     def walk(self) -> list[str]:
         """Every file below OUT except local state, as relative paths."""
@@ -147,79 +122,46 @@ class OutTree:
         return sorted(out)
 
     # -- staging: render now, land later -----------------------------------------------------
-    # Creating a small file costs far more than hashing it on ordinary disks, so staged writes
-    # and the renames that land them run in a small thread pool.
-    def _io_pool(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=8)
-        return self._pool
+    # Creating small files costs more than rendering them, and in a thread it fights the
+    # rendering for the GIL; so staged files go in batches to the build's worker processes
+    # (when it has them) while the next pages are rendered.
+    def use_workers(self, workers: Workers) -> None:
+        self._workers = workers if workers.count else None
 
     def stage(self, rel: str, data: bytes) -> tuple[int, str]:
         """Write ``data`` aside (unless OUT already holds exactly these bytes) and return
         (size, sha256) at once; :meth:`commit_many` puts it in place later, by a rename."""
         size, digest = len(data), hashlib.sha256(data).hexdigest()
-        self._queue_room.acquire()  # at most so many rendered files wait in memory
-        self._io_pool().submit(self._write_aside, rel, data)
+        if self._workers is None:
+            self._staged.update(write_aside(str(self.root), [(rel, data)]))
+            return size, digest
+        self._batch.append((rel, data))
+        self._batch_bytes += size
+        if self._batch_bytes >= STAGE_BATCH_BYTES or len(self._batch) >= STAGE_BATCH_FILES:
+            self._send()
         return size, digest
 
-    def _write_aside(self, rel: str, data: bytes) -> None:
-        try:
-            tmp = self._write_aside_now(rel, data)
-            self._staged[rel] = str(tmp) if tmp is not None else None
-        except BaseException as exc:  # reported by _flush, in the build's thread
-            self._stage_errors.append(exc)
-        finally:
-            self._queue_room.release()
+    def _send(self) -> None:
+        if not self._batch:
+            return
+        assert self._workers is not None
+        self._pending.append(self._workers.submit(write_aside, str(self.root), self._batch))
+        self._batch, self._batch_bytes = [], 0
+        while len(self._pending) > 4 * self._workers.count:  # bounded memory in flight
+            self._staged.update(self._pending.popleft().result())
 
     def _flush(self) -> None:
         """Wait until every staged file is written aside."""
-        for _ in range(self._queue_size):
-            self._queue_room.acquire()
-        for _ in range(self._queue_size):
-            self._queue_room.release()
-        if self._stage_errors:
-            raise self._stage_errors[0]
-
-    def _write_aside_now(self, rel: str, data: bytes) -> Path | None:
-        dest = self.path(rel)
-        try:
-            st: os.stat_result | None = dest.stat()
-        except FileNotFoundError:
-            # A path no visible index names yet (a new page, a new blob's metadata): written in
-            # place at once, which saves a temporary file and a rename per file. A build killed
-            # now leaves it unlisted, and the next build replaces or prunes it.
-            if self._write_new(dest, data):
-                return _LANDED
-            st = None
-        except OSError:
-            st = None
-        if st is not None and st.st_size == len(data) and dest.read_bytes() == data:
-            return None
-        tmp = self.temp_path()
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        tmp.chmod(0o644)
-        return tmp
-
-    @staticmethod
-    def _write_new(dest: Path, data: bytes) -> bool:
-        try:
-            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileNotFoundError:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            return OutTree._write_new(dest, data)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fd, 0o644)
-            fh.write(data)
-        return True
+        if self._workers is not None:
+            self._send()
+        while self._pending:
+            self._staged.update(self._pending.popleft().result())
 
     def _commit(self, rel: str) -> bool:
         tmp = self._staged.pop(rel, None)
         if tmp is None:
             return False
-        if tmp == str(_LANDED):
+        if tmp == LANDED:
             return True
         dest = self.path(rel)
         try:
@@ -232,14 +174,7 @@ class OutTree:
     def commit_many(self, rels: list[str]) -> int:
         """Land staged files (in any order among themselves); returns how many changed."""
         self._flush()
-        return sum(self._io_pool().map(self._commit, rels))
-
-    def place_many(self, moves: list[tuple[Path, str]]) -> list[bool]:
-        """place_blob for many blobs at once."""
-        return list(self._io_pool().map(lambda m: self.place_blob(*m), moves))
-
-    def link_many(self, links: list[tuple[Path, str]]) -> list[bool]:
-        return list(self._io_pool().map(lambda m: self.link_blob(*m), links))
+        return sum(self._commit(rel) for rel in rels)
 
     def remove(self, rel: str) -> None:
         path = self.path(rel)
@@ -251,3 +186,58 @@ class OutTree:
             except OSError:
                 break
             parent = parent.parent
+
+
+# -- run in a worker process (or in the build's own) ---------------------------------------------
+def write_aside(root: str, items: list[tuple[str, bytes]]) -> list[tuple[str, str | None]]:
+    """For each (rel, data): None when OUT holds these bytes already; LANDED when ``rel`` did
+    not exist and was written in place (no visible index names a path that does not exist yet,
+    so no reader can see it half written: a build killed now leaves it unlisted, and the next
+    build replaces or prunes it); else a temporary file with the bytes, to be renamed later."""
+    out: list[tuple[str, str | None]] = []
+    for rel, data in items:
+        dest = f"{root}/{rel}"
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            fd = -1
+        except FileExistsError:
+            fd = -2
+        if fd == -1:
+            try:
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                fd = -2
+        if fd >= 0:
+            try:
+                os.fchmod(fd, 0o644)
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+            out.append((rel, LANDED))
+            continue
+        try:
+            if os.stat(dest).st_size == len(data):
+                with open(dest, "rb") as fh:
+                    if fh.read() == data:
+                        out.append((rel, None))
+                        continue
+        except OSError:
+            pass
+        name = uuid.uuid4().hex
+        tmp = f"{root}/{STATE_DIR}/tmp/{name[0]}/{name}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.fchmod(fd, 0o644)
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        out.append((rel, tmp))
+    return out
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

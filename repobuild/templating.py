@@ -25,6 +25,7 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         undefined=jinja2.StrictUndefined,
+        auto_reload=False,  # a stat() per page otherwise: 100,000 of them at scale
     )
 
 

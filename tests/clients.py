@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "fixtures" / "release"
@@ -287,3 +288,30 @@ def fixture_generator() -> ModuleType:
     sys.modules["make_release"] = module  # dataclasses need the module registered
     spec.loader.exec_module(module)
     return module
+
+
+# -- counting the files a build reads -----------------------------------------------------------
+class ReadLog:
+    """Counts the SOURCE files a build reads, by instrumenting repobuild.ingest.ingest (which
+    hashes them). The names go to a file, so that reads in forked worker processes count too."""
+
+    def __init__(self, monkeypatch: Any, path: Path) -> None:
+        import repobuild.ingest as ingest_mod
+
+        self.path = path
+        path.write_text("")
+        real = ingest_mod.ingest
+        log = str(path)
+
+        def counting(src: Any, rel: str, *args: Any, **kwargs: Any) -> Any:
+            with open(log, "a", encoding="utf-8") as fh:
+                fh.write(rel + "\n")
+            return real(src, rel, *args, **kwargs)
+
+        monkeypatch.setattr(ingest_mod, "ingest", counting)
+
+    def reads(self) -> list[str]:
+        return sorted(self.path.read_text().split())
+
+    def clear(self) -> None:
+        self.path.write_text("")

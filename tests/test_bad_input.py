@@ -28,9 +28,12 @@ EPOCH = 1_700_000_000
 gen = fixture_generator()
 
 
-def build(source: Path, out: Path, *extra: str | Path):  # type: ignore[no-untyped-def]
-    return repobuild("build", source, "--out", out, "--keys", DEMO_KEYS, *extra,
-                     env={"SOURCE_DATE_EPOCH": str(EPOCH)})
+def build(source: Path, out: Path, *extra: str | Path,  # type: ignore[no-untyped-def]
+          workers: str = ""):
+    env = {"SOURCE_DATE_EPOCH": str(EPOCH)}
+    if workers:
+        env["REPOBUILD_WORKERS"] = workers  # 2: the files are read in worker processes
+    return repobuild("build", source, "--out", out, "--keys", DEMO_KEYS, *extra, env=env)
 
 
 def one_line(stderr: str) -> str:
@@ -142,8 +145,10 @@ CASES: dict[str, Maker] = {f.__name__: f for f in (
 )}
 
 
+@pytest.mark.parametrize("workers", ["0", "2"], ids=["in-process", "worker-processes"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_refused_and_out_is_unchanged(case: str, good: tuple[Path, Path],
+def test_bad_input_is_refused_and_out_is_unchanged(case: str, workers: str,
+                                                    good: tuple[Path, Path],
                                                     tmp_path: Path) -> None:
     source, out = good
     src = shutil.copytree(source, tmp_path / "release", symlinks=True)
@@ -153,7 +158,7 @@ def test_bad_input_is_refused_and_out_is_unchanged(case: str, good: tuple[Path, 
 
     before = snapshot(out)
     assert any(k.startswith(".repobuild/") for k in before)
-    proc = build(src, out)
+    proc = build(src, out, workers=workers)
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
     line = one_line(proc.stderr)
     assert f"{rel}:" in line or f"{rel} " in line, f"the message does not name {rel}: {line}"
@@ -168,7 +173,7 @@ def test_bad_input_is_refused_and_out_is_unchanged(case: str, good: tuple[Path, 
 
     # into a folder that does not exist yet (nor does its parent): nothing is left behind
     fresh = tmp_path / "new-parent" / "out"
-    proc = build(src, fresh)
+    proc = build(src, fresh, workers=workers)
     assert proc.returncode == 1, proc.stderr
     assert one_line(proc.stderr) == line.replace(str(out), str(fresh))
     assert not fresh.exists(), "a failed build left OUT behind"

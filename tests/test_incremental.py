@@ -28,7 +28,14 @@ import pytest
 
 import repobuild.build as rb
 from repobuild.config import Config
-from tests.clients import DEMO_KEYS, FIXTURES, fixture_generator, repobuild, snapshot
+from tests.clients import (
+    DEMO_KEYS,
+    FIXTURES,
+    ReadLog,
+    fixture_generator,
+    repobuild,
+    snapshot,
+)
 
 TRUST = DEMO_KEYS / "trust.json"
 AMD64 = "dists/stable/main/binary-amd64"
@@ -191,36 +198,31 @@ def test_new_package_reaches_every_index_and_no_blob_is_touched(src: Path,
 # --- the build cache --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("workers", ["0", "2"], ids=["in-process", "worker-processes"])
 def test_unchanged_rebuild_reads_no_artifact_and_rehash_reads_all(
-        src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    read: list[str] = []
-    real_ingest = rb.ingest
-
-    def counting(path: Path, rel: str, *args: Any, **kwargs: Any) -> Any:
-        read.append(rel)
-        return real_ingest(path, rel, *args, **kwargs)
-
-    monkeypatch.setattr(rb, "ingest", counting)
+        src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str) -> None:
+    monkeypatch.setenv("REPOBUILD_WORKERS", workers)
+    log = ReadLog(monkeypatch, tmp_path / "reads.log")
     out = tmp_path / "out"
     every = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
 
     first = rb.build(src, out, DEMO_KEYS, Config())
-    assert sorted(read) == every
+    assert log.reads() == every
     index1 = index_of(out)
     blobs = {k: v for k, v in snapshot(out).items() if k.startswith("blobs/")}
 
-    read.clear()
+    log.clear()
     second = rb.build(src, out, DEMO_KEYS, Config())
-    assert read == [], f"an unchanged rebuild read {read}"
+    assert log.reads() == [], f"an unchanged rebuild read {log.reads()}"
     assert second.version == first.version + 1 and second.new_blobs == 0
     index2 = index_of(out)
     assert index2["artifacts"] == index1["artifacts"], "cached artifacts differ from read ones"
     assert {k: v for k, v in index2["files"].items() if k.startswith("blobs/")} == {
         k: v for k, v in index1["files"].items() if k.startswith("blobs/")}
 
-    read.clear()
+    log.clear()
     third = rb.build(src, out, DEMO_KEYS, Config(), rehash=True)
-    assert sorted(read) == every, "rehash=True must read every file again"
+    assert log.reads() == every, "rehash=True must read every file again"
     assert third.version == second.version + 1 and third.new_blobs == 0
     assert index_of(out)["artifacts"] == index1["artifacts"]
     assert {k: v for k, v in snapshot(out).items() if k.startswith("blobs/")} == blobs

@@ -11,12 +11,15 @@ import pytest
 import repobuild.build as build_mod
 from repobuild.config import Config
 from repobuild.formats import manifest
-from tests.clients import DEMO_KEYS, FIXTURES, repobuild
+from tests.clients import DEMO_KEYS, FIXTURES, ReadLog, repobuild
 
 
+@pytest.mark.parametrize("workers", ["0", "2"], ids=["in-process", "worker-processes"])
 def test_link_builds_share_inodes_and_rebuild_reads_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str
 ) -> None:
+    monkeypatch.setenv("REPOBUILD_WORKERS", workers)
+    log = ReadLog(monkeypatch, tmp_path / "reads.log")
     source = shutil.copytree(FIXTURES, tmp_path / "src")
     out = tmp_path / "out"
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
@@ -26,14 +29,9 @@ def test_link_builds_share_inodes_and_rebuild_reads_nothing(
         assert (out / art["blob"]).stat().st_ino == (source / art["path"]).stat().st_ino
     assert repobuild("verify", out, "--trust", DEMO_KEYS / "trust.json").returncode == 0
 
-    reads: list[str] = []
-    real = build_mod.ingest
-
-    def counting(src, rel, temp, **kw):  # type: ignore[no-untyped-def]
-        reads.append(rel)
-        return real(src, rel, temp, **kw)
-
-    monkeypatch.setattr(build_mod, "ingest", counting)
+    every = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
+    assert log.reads() == every
+    log.clear()
     build_mod.build(source, out, DEMO_KEYS, Config(), link=True)
-    assert reads == [], reads
+    assert log.reads() == [], log.reads()
     assert manifest.parse((out / "index.json").read_bytes()).version == 2

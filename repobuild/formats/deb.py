@@ -42,7 +42,7 @@ class DebInspector:
     """Incremental ``ar`` parser: ``feed`` chunks in order, then ``finish``."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._buf = bytearray()  # only a partial magic or member header waits here
         self._state = "magic"
         self._remaining = 0
         self._pad = 0
@@ -53,47 +53,40 @@ class DebInspector:
         self._offset = 0
 
     def feed(self, chunk: bytes) -> None:
-        self._buf += chunk
-        while self._step():
-            pass
-
-    def _step(self) -> bool:
-        buf = self._buf
-        if self._state == "magic":
-            if len(buf) < len(_AR_MAGIC):
-                return False
-            if bytes(buf[: len(_AR_MAGIC)]) != _AR_MAGIC:
-                raise DebError("not a Debian package (no ar archive header)")
-            self._consume(len(_AR_MAGIC))
-            self._state = "header"
-            return True
-        if self._state == "header":
-            if len(buf) < _HEADER:
-                return False
-            self._start_member(bytes(buf[:_HEADER]))
-            self._consume(_HEADER)
-            return True
-        if self._state == "body":
-            if not buf:
-                return False
-            n = min(len(buf), self._remaining)
-            if self._control is not None and self._name == self._control_name:
-                self._control += buf[:n]
-            self._consume(n)
-            self._remaining -= n
-            if self._remaining == 0:
-                self._state = "pad" if self._pad else "header"
-            return True
-        # pad byte after an odd-sized member
-        if not buf:
-            return False
-        self._consume(1)
-        self._state = "header"
-        return True
-
-    def _consume(self, n: int) -> None:
-        del self._buf[:n]
-        self._offset += n
+        """Member bodies are skipped by counting, never copied (except the control member):
+        buffering a 1 MiB chunk to drop it again cost as much as hashing it."""
+        view = memoryview(chunk)
+        pos, end = 0, len(view)
+        while pos < end:
+            state = self._state
+            if state == "body":
+                n = min(end - pos, self._remaining)
+                if self._control is not None and self._name == self._control_name:
+                    self._control += view[pos : pos + n]
+                pos += n
+                self._offset += n
+                self._remaining -= n
+                if self._remaining == 0:
+                    self._state = "pad" if self._pad else "header"
+            elif state == "pad":
+                pos += 1
+                self._offset += 1
+                self._state = "header"
+            else:
+                want = len(_AR_MAGIC) if state == "magic" else _HEADER
+                take = min(want - len(self._buf), end - pos)
+                self._buf += view[pos : pos + take]
+                pos += take
+                if len(self._buf) < want:
+                    return
+                head, self._buf = bytes(self._buf), bytearray()
+                if state == "magic":
+                    if head != _AR_MAGIC:
+                        raise DebError("not a Debian package (no ar archive header)")
+                    self._state = "header"
+                else:
+                    self._start_member(head)
+                self._offset += want
 
     def _start_member(self, header: bytes) -> None:
         if header[58:60] != b"`\n":

@@ -12,6 +12,7 @@ import io
 import re
 import zipfile
 import zlib
+from collections import deque
 from dataclasses import dataclass
 from email.parser import BytesParser
 from email.policy import compat32
@@ -106,20 +107,27 @@ class _TailFile(io.RawIOBase):
 
 
 class TailInspector:
-    """Keeps the last TAIL_BYTES of a stream (or all of it, for small files)."""
+    """Keeps the last TAIL_BYTES of a stream (or all of it, for small files).
+
+    The chunks themselves are kept (references, not copies) until the later ones cover
+    TAIL_BYTES: copying every chunk into one buffer cost as much as hashing it.
+    """
 
     def __init__(self) -> None:
-        self._tail = bytearray()
+        self._chunks: deque[bytes] = deque()
+        self._held = 0
         self.total = 0
 
     def feed(self, chunk: bytes) -> None:
         self.total += len(chunk)
-        self._tail += chunk
-        if len(self._tail) > 2 * TAIL_BYTES:
-            del self._tail[: len(self._tail) - TAIL_BYTES]
+        self._chunks.append(chunk)
+        self._held += len(chunk)
+        while self._held - len(self._chunks[0]) >= TAIL_BYTES:
+            self._held -= len(self._chunks.popleft())
 
     def tail_file(self) -> io.RawIOBase:
-        return _TailFile(bytes(self._tail[-TAIL_BYTES:]), self.total)
+        tail = b"".join(self._chunks)[-TAIL_BYTES:]
+        return _TailFile(tail, self.total)
 
 
 def _open_zip(fileobj: io.RawIOBase | io.BufferedIOBase) -> zipfile.ZipFile:
