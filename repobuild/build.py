@@ -114,7 +114,7 @@ def _ingest_all(
 
     def job(pos: int) -> Job:
         sf = files[pos]
-        return (sf.path, sf.rel, None if link else str(tree.temp_path()))
+        return (sf.path, sf.rel)
 
     def take(positions: list[int], items: list[Ingested], error: BaseException | None) -> None:
         nonlocal done
@@ -395,6 +395,8 @@ def build(
     # Unlocking keys (gpg import, the cosign key's scrypt) overlaps with reading the files.
     key_pool = ThreadPoolExecutor(max_workers=1)
     keys_job = key_pool.submit(load_keys, keydir, faked_time=epoch, signers=signers)
+    # and the in-toto layout (it depends on the keys and the expiry only) is signed meanwhile
+    layout_job = key_pool.submit(_layout, keys_job, expires)
     key_pool.shutdown(wait=False)
     tree = OutTree(out)
     failed = True
@@ -472,7 +474,7 @@ def build(
         )
         listed = {**kept, **current}
 
-        for path, data in _provenance(keys, arts, listed, expires).items():
+        for path, data in _provenance(keys, arts, listed, layout_job.result()).items():
             stage(path, data, tops)
             listed[path] = current[path]
 
@@ -564,21 +566,35 @@ def _sign_index(keys: KeySet, index_bytes: bytes) -> dict[str, bytes]:
     return sigs
 
 
+def _layout(keys_job: Future[KeySet], expires: datetime) -> bytes | None:
+    """The owner's signed in-toto layout, or None without in-toto keys."""
+    try:
+        keys = keys_job.result()
+    except BaseException:  # reported where the keys are used
+        return None
+    if keys.owner_key is None or keys.builder_public is None:
+        return None
+    from repobuild.signing import intoto
+
+    intoto.key_id(keys.builder_public)  # imports securesystemslib now, off the critical path
+    return intoto.make_layout(keys.owner_key, keys.builder_public, expires=expires)
+
+
 def _provenance(
     keys: KeySet,
     arts: list[Artifact],
     listed: dict[str, FileEntry],
-    expires: datetime,
+    layout: bytes | None,
 ) -> dict[str, bytes]:
     """in-toto: the owner's layout and the builder's link for this build."""
-    if keys.owner_key is None or keys.builder_key is None or keys.builder_public is None:
+    if (layout is None or keys.owner_key is None or keys.builder_key is None
+            or keys.builder_public is None):
         return {}
     from repobuild.signing import intoto
 
     materials = {a.path: a.sha256 for a in arts}
     products = {a.blob: a.sha256 for a in arts}
     products.update({p: f.sha256 for p, f in listed.items()})
-    layout = intoto.make_layout(keys.owner_key, keys.builder_public, expires=expires)
     link_name, link = intoto.make_link(
         keys.builder_key,
         materials=materials,

@@ -42,7 +42,7 @@ class _Feeder(Protocol):
 @dataclass
 class Ingested:
     artifact: Artifact
-    temp: str | None  # the copy made while reading, to be renamed into the blob store
+    temp: str | None  # unused since blobs are placed by ingest_into (always None)
     cached: bool = False  # known from the build cache: not read at all
     stamp: Stamp | None = None  # the file's size, mtime, ctime, inode after reading
     src: str | None = None  # the file that was read
@@ -62,8 +62,8 @@ def classify(filename: str) -> str:
     return "file"
 
 
-def ingest(src: str | Path, rel: str, temp: Path | None, *, sha512: bool = False) -> Ingested:
-    """Read ``src`` once; write the same bytes to ``temp`` when given."""
+def ingest(src: str | Path, rel: str, sink: int | None, *, sha512: bool = False) -> Ingested:
+    """Read ``src`` once; write the same bytes to the file descriptor ``sink`` when given."""
     filename = rel.rsplit("/", 1)[-1]
     kind = classify(filename)
     inspector: _Feeder | None
@@ -79,24 +79,19 @@ def ingest(src: str | Path, rel: str, temp: Path | None, *, sha512: bool = False
     h512 = hashlib.sha512() if sha512 else None
     try:
         before = os.stat(src)
-        out = open(temp, "xb") if temp is not None else None
-        try:
-            with open(src, "rb", buffering=0) as fh:
-                # reads sized to the file: a 1 MiB read of a 3 KB file allocates 1 MiB and
-                # shrinks it, which fragments the heap at 100,000 files
-                pos, hint = 0, before.st_size
-                while chunk := fh.read(min(CHUNK, hint - pos) if pos < hint else CHUNK):
-                    pos += len(chunk)
-                    h256.update(chunk)
-                    if h512 is not None:
-                        h512.update(chunk)
-                    if out is not None:
-                        out.write(chunk)
-                    if inspector is not None:
-                        inspector.feed(chunk)
-        finally:
-            if out is not None:
-                out.close()
+        with open(src, "rb", buffering=0) as fh:
+            # reads sized to the file: a 1 MiB read of a 3 KB file allocates 1 MiB and
+            # shrinks it, which fragments the heap at 100,000 files
+            pos, hint = 0, before.st_size
+            while chunk := fh.read(min(CHUNK, hint - pos) if pos < hint else CHUNK):
+                pos += len(chunk)
+                h256.update(chunk)
+                if h512 is not None:
+                    h512.update(chunk)
+                if sink is not None:
+                    _copy_out(sink, chunk)
+                if inspector is not None:
+                    inspector.feed(chunk)
         after = os.stat(src)
     except OSError as exc:
         raise ValidationError(f"cannot read: {exc.strerror or exc}", rel) from None
@@ -116,8 +111,7 @@ def ingest(src: str | Path, rel: str, temp: Path | None, *, sha512: bool = False
         _inspect(art, kind, inspector, src)
     except (DebError, DistError) as exc:
         raise ValidationError(str(exc), rel) from None
-    return Ingested(art, None if temp is None else str(temp), stamp=Stamp.of(after),
-                    src=str(src))
+    return Ingested(art, None, stamp=Stamp.of(after), src=str(src))
 
 
 def _inspect(art: Artifact, kind: str, inspector: _Feeder | None, src: str | Path) -> None:
@@ -150,21 +144,25 @@ def _with_fallback(
 
 
 # -- into the blob store ---------------------------------------------------------------------
-Job = tuple[str, str, str | None]  # (file to read, SOURCE-relative name, temporary copy or None)
+Job = tuple[str, str]  # (the file to read, its SOURCE-relative name)
 
 
 def ingest_into(root: str, job: Job, *, link: bool, sha512: bool) -> Ingested:
     """Read one file (:func:`ingest`), then place its blob and a wheel's .metadata in OUT."""
-    src, rel, temp = job
-    item = ingest(src, rel, None if temp is None else Path(temp), sha512=sha512)
+    src, rel = job
+    if link:
+        item = ingest(src, rel, None, sha512=sha512)
+    else:
+        sink = _Sink(root)  # the copy, written while the file is read
+        try:
+            item = ingest(src, rel, sink.fd, sha512=sha512)
+        except BaseException:
+            sink.discard()
+            raise
     art = item.artifact
     dest = f"{root}/{art.blob}"
     try:
-        if temp is None:
-            item.placed = _link(src, dest, root)
-        else:
-            item.placed = _rename(temp, dest)
-        item.temp = None
+        item.placed = _link(src, dest, root) if link else sink.place(dest)
         if art.kind == "wheel" and art.dist is not None:
             meta = art.dist.metadata
             art.metadata_sha256 = hashlib.sha256(meta).hexdigest()
@@ -203,6 +201,78 @@ def ingest_batch(
 
 def _makedirs(path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
+
+
+class _Sink:
+    """Where a blob's copy is written while its source is read: an unnamed file (``O_TMPFILE``)
+    in OUT's filesystem, given its name only once complete, so a killed build leaves nothing
+    half written anywhere; or, where that is not offered, a named file in OUT/.repobuild/tmp."""
+
+    def __init__(self, root: str) -> None:
+        self.name: str | None = None
+        self.fd = -1
+        if _TMPFILE:
+            try:
+                self.fd = os.open(f"{root}/.repobuild/tmp", os.O_TMPFILE | os.O_WRONLY, 0o644)
+            except OSError:
+                self.fd = -1
+        if self.fd < 0:
+            self.name = _temp_name(root)
+            self.fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def place(self, dest: str) -> bool:
+        """Give the copy its blob name; False (and the copy dropped) if the blob exists."""
+        try:
+            os.fchmod(self.fd, 0o644)
+            if self.name is not None:
+                os.close(self.fd)
+                self.fd = -1
+                return _rename(self.name, dest)
+            try:
+                _link_fd(self.fd, dest)
+            except FileNotFoundError:
+                _makedirs(dest)
+                _link_fd(self.fd, dest)
+            except FileExistsError:  # the same bytes under the same name: never rewritten
+                return False
+            return True
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.name is not None and os.path.exists(self.name):
+            os.unlink(self.name)
+
+
+_ROOT_FD: list[int] = []
+
+
+def _link_fd(fd: int, dest: str) -> None:
+    """linkat(/proc/self/fd/FD, dest, AT_SYMLINK_FOLLOW): names an O_TMPFILE file. A dir fd is
+    passed because os.link calls plain link(2), which does not follow /proc's fd links, unless
+    it has one."""
+    if not _ROOT_FD:
+        _ROOT_FD.append(os.open("/", os.O_RDONLY | os.O_DIRECTORY))
+    os.link(f"/proc/self/fd/{fd}", dest, src_dir_fd=_ROOT_FD[0], follow_symlinks=True)
+
+
+def _copy_out(sink: int, chunk: bytes) -> None:
+    try:
+        _write_all(sink, chunk)
+    except OSError as exc:  # not the source's fault: a full or failing OUT
+        raise RepobuildError(f"cannot write to OUT: {exc.strerror or exc}") from None
+
+
+_TMPFILE = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _rename(temp: str, dest: str) -> bool:
@@ -255,9 +325,7 @@ def _write_once(path: str, data: bytes, root: str) -> bool:
         return False
     try:
         os.fchmod(fd, 0o644)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        _write_all(fd, data)
     finally:
         os.close(fd)
     return True
