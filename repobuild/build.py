@@ -8,8 +8,10 @@ killed leaves the previous tree valid.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,7 +40,7 @@ from repobuild.scan import SourceFile, scan_source
 from repobuild.signing.cosign import public_key_hint
 from repobuild.signing.gpg import dearmor
 from repobuild.store import OutTree
-from repobuild.templating import render
+from repobuild.templating import render_large
 from repobuild.trust import KEYLESS_BUNDLE
 from repobuild.workers import Workers, worker_count
 
@@ -63,7 +65,7 @@ class BuildResult:
     errors: list[str] = field(default_factory=list)  # the tree is valid, but this failed
 
 
-def _previous(tree: OutTree) -> manifest.Manifest | None:
+def _previous(tree: OutTree, workers: Workers) -> manifest.Previous | None:
     path = tree.path(INDEX)
     if not path.exists():
         leftovers = [p for p in tree.walk()]
@@ -75,10 +77,20 @@ def _previous(tree: OutTree) -> manifest.Manifest | None:
             )
         return None
     try:
-        return manifest.parse(path.read_bytes())
+        # parsing 100,000 entries peaks at ~3 × their final size: done in a worker process,
+        # which hands back only the summary
+        if workers.count:
+            summary: manifest.Previous = workers.submit(_read_previous, str(path)).result()
+            return summary
+        return _read_previous(str(path))
     except (ManifestError, OSError) as exc:
         raise ValidationError(f"the existing index is unreadable ({exc}); not building over it",
                               path) from None
+
+
+def _read_previous(path: str) -> manifest.Previous:
+    with open(path, "rb") as fh:
+        return manifest.previous(fh.read())
 
 
 def _ingest_all(
@@ -304,7 +316,7 @@ def _landing(
              "href": "keys/owner.pub"}
         )
     slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in config.label.lower())
-    return render(
+    return render_large(
         "landing.html.j2",
         label=config.label,
         description=config.description.rstrip("."),
@@ -317,24 +329,34 @@ def _landing(
         slug=slug or "repo",
         suite=config.suite,
         components=list(components),
-        debs=[
-            {"name": a.name, "version": a.version, "architecture": a.architecture,
-             "component": a.component}
-            for a in debs
-        ],
-        projects=[
-            {"name": n, "versions": sorted(v, key=Version)} for n, v in sorted(projects.items())
-        ],
-        files=[
-            {"path": a.path, "href": a.blob, "size": a.size, "sha256": a.sha256}
-            for a in arts
-            if a.kind == "file"
-        ],
+        # rows made as the template reaches them: 100,000 dicts at once cost ~50 MB
+        debs=_Rows(debs, lambda a: {"name": a.name, "version": a.version,
+                                    "architecture": a.architecture, "component": a.component}),
+        projects=_Rows(sorted(projects), lambda n: {
+            "name": n, "versions": sorted(projects[n], key=Version)}),
+        files=_Rows([a for a in arts if a.kind == "file"], lambda a: {
+            "path": a.path, "href": a.blob, "size": a.size, "sha256": a.sha256}),
     )
 
 
+class _Rows:
+    """A sequence for a template's loop whose rows are made one at a time."""
+
+    def __init__(self, items: list[Any], row: Callable[[Any], dict[str, Any]]) -> None:
+        self._items, self._row = items, row
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Any:
+        return (self._row(item) for item in self._items)
+
+
 def _retained(
-    prev: manifest.Manifest | None,
+    prev: manifest.Previous | None,
     current: set[str],
     tree: OutTree,
     now: datetime,
@@ -344,14 +366,7 @@ def _retained(
     if prev is None:
         return {}
     kept: dict[str, FileEntry] = {}
-    candidates = dict(prev.files)
-    for a in prev.artifacts:
-        candidates.setdefault(a["blob"], FileEntry(int(a["size"]), str(a["sha256"])))
-        meta = a.get("metadata")
-        if isinstance(meta, dict) and isinstance(meta.get("path"), str):
-            candidates.setdefault(meta["path"], prev.files.get(meta["path"]) or FileEntry(
-                -1, str(meta.get("sha256", ""))))
-    for path, entry in candidates.items():
+    for path, entry in prev.kept_files.items():
         if path in current or entry.size < 0:
             continue
         is_blob = path.startswith("blobs/")
@@ -405,7 +420,7 @@ def build(
     metadata_sizes: dict[str, int] = {}
     try:
         tree.open()
-        prev = _previous(tree)
+        prev = _previous(tree, workers)
         version = (prev.version + 1) if prev else 1
 
         phase("reading")
@@ -415,14 +430,21 @@ def build(
             link=link, sha512=config.sha512, progress=progress,
         )
         tree.use_workers(workers)
+        del files  # 100,000 scan records: not needed again
         arts = [i.artifact for i in ingested]
         _check_duplicates(arts)
-        first_seen = {a["sha256"]: a.get("uploaded") for a in (prev.artifacts if prev else [])}
+        first_seen = prev.uploaded if prev else {}
+        stamp_now = rfc3339(now)
         for art in arts:
-            art.uploaded = first_seen.get(art.sha256) or rfc3339(now)
+            art.uploaded = first_seen.get(art.sha256) or stamp_now
             art.component = config.component_for(art.path)
             if art.dist is not None:
                 art.yanked = config.yank_reason(art.path)
+        if prev is not None:  # what is still current is no candidate for keeping as retired
+            prev.uploaded = {}
+            for art in arts:
+                prev.kept_files.pop(art.blob, None)
+                prev.kept_files.pop(art.blob + ".metadata", None)
 
         phase("rendering")
         keys = keys_job.result()
@@ -435,7 +457,7 @@ def build(
         mutable: list[str] = []  # files that the indices below name
         tops: list[str] = []  # Release & co, root pages, landing page, in-toto: land after
 
-        def stage(path: str, data: bytes, group: list[str]) -> None:
+        def stage(path: str, data: bytes | bytearray, group: list[str]) -> None:
             size, digest = tree.stage(path, data)
             current[path] = FileEntry(size, digest)
             group.append(path)
@@ -474,8 +496,9 @@ def build(
         )
         listed = {**kept, **current}
 
-        for path, data in _provenance(keys, arts, listed, layout_job.result()).items():
-            stage(path, data, tops)
+        provenance = _provenance(keys, arts, listed, layout_job.result())
+        for path in sorted(provenance):  # popped: the staged copy is the only one left
+            stage(path, provenance.pop(path), tops)
             listed[path] = current[path]
 
         meta: dict[str, Any] = {
@@ -484,18 +507,25 @@ def build(
             "suite": config.suite,
             "codename": config.codename,
         }
-        index_bytes = manifest.render(
-            version=version, generated=now, expires=expires, artifacts=arts,
-            files=listed, meta=meta,
-        )
-        signatures = _sign_index(keys, index_bytes)
+        # written to a file as it is rendered (~70 MB at 100,000 artifacts), hashed meanwhile,
+        # signed from the file and its digest, and renamed into place when its turn comes
+        index_tmp = tree.temp_path()
+        index_hash = hashlib.sha256()
+        with open(index_tmp, "wb") as fh:
+            def write(piece: bytes) -> None:
+                index_hash.update(piece)
+                fh.write(piece)
+
+            manifest.render_to(write, version=version, generated=now, expires=expires,
+                               artifacts=arts, files=listed, meta=meta)
+        signatures = _sign_index(keys, index_tmp, index_hash.digest())
         errors: list[str] = []
         if sigstore:
             from repobuild.signing.keyless import KeylessError, sign_keyless
 
             try:
                 signatures[KEYLESS_BUNDLE] = sign_keyless(
-                    index_bytes, identity_token=identity_token
+                    index_tmp.read_bytes(), identity_token=identity_token
                 )
             except KeylessError as exc:
                 errors.append(f"{exc} (the tree is built and signed with the other keys)")
@@ -511,11 +541,13 @@ def build(
         tree.commit_many(immutable)
         result.written = tree.commit_many(mutable) + tree.commit_many(tops)
         workers.close()
-        tree.write(INDEX, index_bytes)
+        history = record_history(tree, version, index_tmp)  # a copy, not yet in place
+        index_tmp.chmod(0o644)
+        os.replace(index_tmp, tree.path(INDEX))
         for path, data in signatures.items():
             tree.write(path, data)
         failed = False
-        record_history(tree, version, index_bytes)
+        history()
         for item in ingested:
             if item.stamp is not None:
                 cache.record(item.artifact, item.stamp, metadata_sizes.get(item.artifact.path))
@@ -553,16 +585,21 @@ def _close_keys(job: Future[KeySet]) -> None:
         job.result().close()
 
 
-def _sign_index(keys: KeySet, index_bytes: bytes) -> dict[str, bytes]:
-    sigs = {"index.json.asc": keys.gpg.sign(index_bytes)}
+def _sign_index(keys: KeySet, index: Path, digest: bytes) -> dict[str, bytes]:
+    """index.json's signatures, from the file and its SHA-256 (never all of it in memory,
+    except for a signer that needs the bytes: a key behind a signer URI)."""
+    sigs = {"index.json.asc": keys.gpg.sign_file(index)}
     if keys.cosign is not None and keys.cosign_public is not None:
-        from repobuild.signing.sigstore_bundle import make_key_bundle
+        from repobuild.signing.cosign import CosignSigner
+        from repobuild.signing.sigstore_bundle import make_key_bundle_for_digest
 
-        der = keys.cosign.sign(index_bytes)
-        import base64
-
+        if isinstance(keys.cosign, CosignSigner):
+            der = keys.cosign.sign_digest(digest)
+        else:
+            der = keys.cosign.sign(index.read_bytes())
         sigs["index.json.sig"] = base64.b64encode(der)
-        sigs["index.json.sigstore.json"] = make_key_bundle(index_bytes, der, keys.cosign_public)
+        sigs["index.json.sigstore.json"] = make_key_bundle_for_digest(
+            digest, der, keys.cosign_public)
     return sigs
 
 
@@ -585,7 +622,7 @@ def _provenance(
     arts: list[Artifact],
     listed: dict[str, FileEntry],
     layout: bytes | None,
-) -> dict[str, bytes]:
+) -> dict[str, bytes | bytearray]:
     """in-toto: the owner's layout and the builder's link for this build."""
     if (layout is None or keys.owner_key is None or keys.builder_key is None
             or keys.builder_public is None):

@@ -10,6 +10,8 @@ entry is allowed to be absent, so removing it leaves the tree valid without re-s
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,12 +28,18 @@ def history_dir(tree_root: Path) -> Path:
     return tree_root / STATE_DIR / HISTORY
 
 
-def record_history(tree: OutTree, version: int, index_bytes: bytes) -> None:
+def record_history(tree: OutTree, version: int, index: Path) -> Callable[[], None]:
+    """Copy ``index`` (the new index.json, before it lands) for the history; the returned
+    function files the copy once the index has landed."""
     folder = tree.state / HISTORY
     folder.mkdir(exist_ok=True)
     tmp = tree.temp_path()
-    tmp.write_bytes(index_bytes)
-    tmp.replace(folder / f"{version:08d}.json")
+    shutil.copyfile(index, tmp)
+
+    def file_it() -> None:
+        tmp.replace(folder / f"{version:08d}.json")
+
+    return file_it
 
 
 def current_paths(index: Manifest) -> set[str]:

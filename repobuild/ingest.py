@@ -39,7 +39,7 @@ class _Feeder(Protocol):
     def feed(self, chunk: bytes) -> None: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class Ingested:
     artifact: Artifact
     temp: str | None  # unused since blobs are placed by ingest_into (always None)

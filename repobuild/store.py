@@ -37,7 +37,7 @@ class OutTree:
         # in place). No future is kept per file: at 100,000 files they cost ~60 MB.
         self._staged: dict[str, str | None] = {}
         self._workers: Workers | None = None
-        self._batch: list[tuple[str, bytes]] = []
+        self._batch: list[tuple[str, bytes | bytearray]] = []
         self._batch_bytes = 0
         self._pending: deque[Future[list[tuple[str, str | None]]]] = deque()
 
@@ -128,7 +128,7 @@ class OutTree:
     def use_workers(self, workers: Workers) -> None:
         self._workers = workers if workers.count else None
 
-    def stage(self, rel: str, data: bytes) -> tuple[int, str]:
+    def stage(self, rel: str, data: bytes | bytearray) -> tuple[int, str]:
         """Write ``data`` aside (unless OUT already holds exactly these bytes) and return
         (size, sha256) at once; :meth:`commit_many` puts it in place later, by a rename."""
         size, digest = len(data), hashlib.sha256(data).hexdigest()
@@ -189,7 +189,9 @@ class OutTree:
 
 
 # -- run in a worker process (or in the build's own) ---------------------------------------------
-def write_aside(root: str, items: list[tuple[str, bytes]]) -> list[tuple[str, str | None]]:
+def write_aside(
+    root: str, items: list[tuple[str, bytes | bytearray]]
+) -> list[tuple[str, str | None]]:
     """For each (rel, data): None when OUT holds these bytes already; LANDED when ``rel`` did
     not exist and was written in place (no visible index names a path that does not exist yet,
     so no reader can see it half written: a build killed now leaves it unlisted, and the next
@@ -237,7 +239,7 @@ def write_aside(root: str, items: list[tuple[str, bytes]]) -> list[tuple[str, st
     return out
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]

@@ -273,8 +273,9 @@ def test_rehash_catches_a_change_the_cache_vouches_for(src: Path, tmp_path: Path
     cache_file = out / ".repobuild/cache.json"
     cache = json.loads(cache_file.read_bytes())
     st = (src / rel).stat()
-    assert cache["files"][rel]["sha256"] == old
-    cache["files"][rel]["stamp"] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    entry = cache["files"][rel]  # [size, mtime_ns, ctime_ns, inode, kind, sha256, ...]
+    assert entry[5] == old
+    entry[:4] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
     cache_file.write_text(json.dumps(cache))
 
     assert artifact(build(src, out), rel)["sha256"] == old, "the forged stamp was not trusted"

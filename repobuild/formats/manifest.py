@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -100,8 +102,26 @@ def render(
     files: dict[str, FileEntry],
     meta: dict[str, Any],
 ) -> bytes:
-    """The canonical document, assembled entry by entry: the same bytes as ``canonical`` of
-    the whole, without ever holding the whole as Python objects (100,000 artifacts)."""
+    """The canonical document (see :func:`render_to`) as bytes."""
+    out = io.BytesIO()
+    render_to(out.write, version=version, generated=generated, expires=expires,
+              artifacts=artifacts, files=files, meta=meta)
+    return out.getvalue()
+
+
+def render_to(
+    write: Callable[[bytes], object],
+    *,
+    version: int,
+    generated: datetime,
+    expires: datetime,
+    artifacts: list[Artifact],
+    files: dict[str, FileEntry],
+    meta: dict[str, Any],
+) -> None:
+    """The canonical document, written entry by entry: the same bytes as ``canonical`` of the
+    whole, without ever holding the whole, as Python objects or as bytes (100,000 artifacts
+    make ~70 MB of it)."""
     top: dict[str, Any] = {
         "type": MANIFEST_TYPE,
         "spec_version": SPEC_VERSION,
@@ -111,18 +131,40 @@ def render(
         **meta,
     }
     big = {"artifacts", "files"}
-    parts: list[bytes] = []
-    for key in sorted(top.keys() | big):
-        name = canonical(key)
+    buf = bytearray(b"{")
+
+    def flush() -> None:
+        if len(buf) >= 1 << 16:
+            write(bytes(buf))
+            buf.clear()
+
+    for n, key in enumerate(sorted(top.keys() | big)):
+        if n:
+            buf += b","
+        buf += canonical(key)
         if key == "artifacts":
-            entries = (canonical(artifact_entry(a)) for a in sorted(artifacts, key=_by_path))
-            parts.append(name + b":[" + b",".join(entries) + b"]")
+            buf += b":["
+            for i, art in enumerate(sorted(artifacts, key=_by_path)):
+                if i:
+                    buf += b","
+                buf += canonical(artifact_entry(art))
+                flush()
+            buf += b"]"
         elif key == "files":
-            pairs = (canonical(p) + b":" + canonical(file_entry(files[p])) for p in sorted(files))
-            parts.append(name + b":{" + b",".join(pairs) + b"}")
+            buf += b":{"
+            for i, path in enumerate(sorted(files)):
+                if i:
+                    buf += b","
+                buf += canonical(path)
+                buf += b":"
+                buf += canonical(file_entry(files[path]))
+                flush()
+            buf += b"}"
         else:
-            parts.append(name + b":" + canonical(top[key]))
-    return b"{" + b",".join(parts) + b"}"
+            buf += b":"
+            buf += canonical(top[key])
+    buf += b"}"
+    write(bytes(buf))
 
 
 def _by_path(art: Artifact) -> str:
@@ -185,3 +227,29 @@ def parse(data: bytes) -> Manifest:
         )
     meta = {k: v for k, v in doc.items() if k not in ("artifacts", "files")}
     return Manifest(version, generated, expires, arts, parsed, meta)
+
+
+@dataclass
+class Previous:
+    """What a build needs of the index it replaces, without the index's 100,000 dicts."""
+
+    version: int
+    uploaded: dict[str, str]  # SHA-256 -> when that content first entered the repository
+    #: every blob, .metadata and by-hash file it listed (the candidates to keep as retired)
+    kept_files: dict[str, FileEntry]
+
+
+def previous(data: bytes) -> Previous:
+    """:func:`parse`, reduced to a :class:`Previous` (run where its peak memory is harmless)."""
+    index = parse(data)
+    uploaded = {str(a["sha256"]): str(a["uploaded"]) for a in index.artifacts
+                if isinstance(a.get("uploaded"), str)}
+    kept: dict[str, FileEntry] = {
+        p: f for p, f in index.files.items() if p.startswith("blobs/") or "/by-hash/" in p
+    }
+    for a in index.artifacts:
+        kept.setdefault(a["blob"], FileEntry(int(a["size"]), str(a["sha256"])))
+        meta = a.get("metadata")
+        if isinstance(meta, dict) and isinstance(meta.get("path"), str):
+            kept.setdefault(meta["path"], FileEntry(-1, str(meta.get("sha256", ""))))
+    return Previous(index.version, uploaded, kept)

@@ -31,6 +31,7 @@ import nacl.secret
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from repobuild.errors import UsageError, ValidationError
@@ -66,6 +67,10 @@ class CosignSigner:
     def sign(self, data: bytes) -> bytes:
         """DER-encoded ECDSA signature over SHA-256 of ``data``."""
         return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """:meth:`sign` for data known by its SHA-256 only (a file streamed to disk)."""
+        return self._key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
 
     def sign_blob_b64(self, data: bytes) -> bytes:
         """The signature as ``cosign sign-blob --output-signature`` writes it (no newline)."""
@@ -115,6 +120,16 @@ def verify_cosign_signature(pub_pem: bytes, data: bytes, sig_b64: bytes) -> bool
         signature = base64.b64decode(b"".join(sig_b64.split()), validate=True)
         public_key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
     except (binascii.Error, InvalidSignature):
+        return False
+    return True
+
+
+def verify_cosign_digest(pub_pem: bytes, digest: bytes, signature_der: bytes) -> bool:
+    """:func:`verify_cosign_signature` for data known by its SHA-256 only."""
+    try:
+        load_cosign_public_key(pub_pem).verify(
+            signature_der, digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+    except InvalidSignature:
         return False
     return True
 

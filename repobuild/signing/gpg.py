@@ -80,6 +80,14 @@ class GpgSigner:
         """A detached, armored signature (Release.gpg, index.json.asc)."""
         return self._run(data, detach=True, clearsign=False)
 
+    def sign_file(self, path: Path) -> bytes:
+        """:meth:`sign` for a file, streamed to gpg (index.json at 100,000 artifacts)."""
+        with open(path, "rb") as fh:
+            sig = self._home.gpg.sign_file(fh, keyid=self.key_id, detach=True)
+        if not sig.data:
+            raise ValidationError(f"gpg could not sign: {sig.status or sig.stderr}", self.source)
+        return bytes(sig.data)
+
     def clearsign(self, data: bytes) -> bytes:
         """A clear-signed document (InRelease)."""
         return self._run(data, clearsign=True)

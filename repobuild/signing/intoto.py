@@ -199,13 +199,17 @@ _CLEAN_PATH = re.compile(r"(?!/)(?:(?!\.\.?(?:/|$))[^/\\\x00]+(?:/|$))+")
 def _artifacts(entries: Mapping[str, str], what: str) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for path, digest in entries.items():
-        if not (isinstance(path, str) and _CLEAN_PATH.fullmatch(path)) or path.endswith("/"):
-            _check_path(path, what)  # raises with the reason
-            raise ValidationError(f"{what} path {path!r} is not a clean relative path")
-        if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
-            raise ValidationError(f"{what} {path!r}: sha256 must be 64 lowercase hex digits")
+        _check_entry(path, digest, what)
         out[path] = {"sha256": digest}
     return out
+
+
+def _check_entry(path: str, digest: str, what: str) -> None:
+    if not (isinstance(path, str) and _CLEAN_PATH.fullmatch(path)) or path.endswith("/"):
+        _check_path(path, what)  # raises with the reason
+        raise ValidationError(f"{what} path {path!r} is not a clean relative path")
+    if not isinstance(digest, str) or not _SHA256_HEX.fullmatch(digest):
+        raise ValidationError(f"{what} {path!r}: sha256 must be 64 lowercase hex digits")
 
 
 # ------------------------------------------------------------------------------------ layout
@@ -327,7 +331,7 @@ def make_link(
     products: Mapping[str, str],
     command: Sequence[str],
     step: str = BUILD_STEP,
-) -> tuple[str, bytes]:
+) -> tuple[str, bytes | bytearray]:
     """The build step's signed link: (file name ``<step>.<keyid8>.link``, JSON bytes).
 
     ``materials`` (SOURCE files) and ``products`` (OUT files) map a relative, ``/``-separated
@@ -343,22 +347,72 @@ def make_link(
                 raise ValidationError(
                     f"product {path!r} is written after the link or never served; leave it out"
                 )
-    signed = {
-        "_type": "link",
-        "byproducts": {},
-        "command": list(command),
-        "environment": {},
-        "materials": _artifacts(materials, "material"),
-        "name": step,
-        "products": _artifacts(products, "product"),
-    }
+    plain = not any(_CONTROL.search(s) for s in (*materials, *products, *command, step))
+    signed_bytes: bytes | bytearray
+    if plain:
+        # at 100,000 products the link is ~50 MB: written straight as canonical bytes, never
+        # held as a dict of dicts and then as a string as well
+        for path, digest in materials.items():
+            _check_entry(path, digest, "material")
+        for path, digest in products.items():
+            _check_entry(path, digest, "product")
+        signed_bytes = _canonical_link(command, step, materials, products)
+    else:
+        signed_bytes = _canonical_bytes({
+            "_type": "link",
+            "byproducts": {},
+            "command": list(command),
+            "environment": {},
+            "materials": _artifacts(materials, "material"),
+            "name": step,
+            "products": _artifacts(products, "product"),
+        })
     try:
-        signature = signer.sign(_canonical_bytes(signed))
+        signature = signer.sign(signed_bytes)  # bytes-like: no copy of a 50 MB link
     except Exception as exc:
         raise ValidationError(f"cannot sign the in-toto link: {exc}") from exc
-    document = {"signatures": [signature.to_dict()], "signed": signed}
     name = f"{step}.{signer.public_key.keyid[:8]}.link"
-    return name, _dumps(document)
+    # _dumps of {"signatures": [...], "signed": signed}: sorted keys put "signatures" first, and
+    # the signed part is its canonical bytes (no control characters: identical to json.dumps)
+    head = _dumps({"signatures": [signature.to_dict()]})[:-2]  # without the closing "}\n"
+    if not plain:
+        return name, _dumps({"signatures": [signature.to_dict()],
+                             "signed": json.loads(signed_bytes)})
+    assert isinstance(signed_bytes, bytearray)
+    signed_bytes[0:0] = head + b',"signed":'  # the document around it, in the same buffer
+    signed_bytes += b"}\n"
+    return name, signed_bytes
+
+
+def _canonical_link(
+    command: Sequence[str], step: str, materials: Mapping[str, str], products: Mapping[str, str]
+) -> bytearray:
+    """The canonical JSON of a link's signed part, for strings without control characters."""
+
+    def text(value: str) -> bytes:
+        return json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+    def artifacts(entries: Mapping[str, str]) -> None:
+        out.extend(b"{")
+        for i, path in enumerate(sorted(entries)):
+            if i:
+                out.extend(b",")
+            out.extend(text(path))
+            out.extend(b':{"sha256":"')
+            out.extend(entries[path].encode("ascii"))
+            out.extend(b'"}')
+        out.extend(b"}")
+
+    out = bytearray(b'{"_type":"link","byproducts":{},"command":')
+    out.extend(json.dumps(list(command), ensure_ascii=False, separators=(",", ":")).encode())
+    out.extend(b',"environment":{},"materials":')
+    artifacts(materials)
+    out.extend(b',"name":')
+    out.extend(text(step))
+    out.extend(b',"products":')
+    artifacts(products)
+    out.extend(b"}")
+    return out
 
 
 _CONTROL = re.compile(r"[\x00-\x1f]")

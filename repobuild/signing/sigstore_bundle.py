@@ -20,7 +20,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from repobuild.errors import ValidationError, VerificationError
-from repobuild.signing.cosign import public_key_hint, verify_cosign_signature
+from repobuild.signing.cosign import (
+    public_key_hint,
+    verify_cosign_digest,
+    verify_cosign_signature,
+)
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 _ACCEPTED_MEDIA_TYPES = (
@@ -35,7 +39,15 @@ def make_key_bundle(data: bytes, signature_der: bytes, public_key_pem: bytes) ->
 
     The signature is checked first, so that no bundle is written that would not verify.
     """
-    if not verify_cosign_signature(public_key_pem, data, base64.b64encode(signature_der)):
+    return make_key_bundle_for_digest(hashlib.sha256(data).digest(), signature_der,
+                                      public_key_pem)
+
+
+def make_key_bundle_for_digest(
+    digest: bytes, signature_der: bytes, public_key_pem: bytes
+) -> bytes:
+    """:func:`make_key_bundle` for data known by its SHA-256 only."""
+    if not verify_cosign_digest(public_key_pem, digest, signature_der):
         raise VerificationError("signature does not verify under the bundle's public key")
     bundle = {
         "mediaType": BUNDLE_MEDIA_TYPE,
@@ -46,7 +58,7 @@ def make_key_bundle(data: bytes, signature_der: bytes, public_key_pem: bytes) ->
         "messageSignature": {
             "messageDigest": {
                 "algorithm": _DIGEST_ALGORITHM,
-                "digest": _b64(hashlib.sha256(data).digest()),
+                "digest": _b64(digest),
             },
             "signature": _b64(signature_der),
         },
