@@ -407,6 +407,96 @@ def test_noop_sync_fetches_and_reads_nothing(trees: Trees, tmp_path: Path) -> No
     assert served(dest) == before
 
 
+# -- the quick no-op: DEST's own index.json again ------------------------------------------------
+def test_quick_noop_still_repairs_a_deleted_or_truncated_file(trees: Trees, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    with http_server(trees.v1) as srv:
+        assert sync(srv.url, "--to", dest).returncode == 0
+        state = json.loads((dest / ".repobuild" / "sync.json").read_bytes())
+        assert state["quick"]["index_sha256"] == state["index_sha256"]
+        assert (dest / ".repobuild" / "sync-listing.json").is_file()
+        index = manifest.parse((dest / "index.json").read_bytes())
+        blob = max(index.artifacts, key=lambda a: a["size"])["blob"]
+        page = "simple/index.html"
+        (dest / blob).unlink()
+        with open(dest / page, "r+b") as fh:
+            fh.truncate(index.files[page].size // 2)
+        srv.log.clear()
+        proc = repobuild("sync", srv.url, "--to", dest, "--trust", TRUST, "--json")
+        log = [urllib.parse.unquote(p) for p in srv.log]
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert not report["noop"] and report["fetched"] == 2, report
+    assert "/" + blob in log and "/" + page in log, log
+    for rel in (blob, page):
+        assert (dest / rel).read_bytes() == (trees.v1 / rel).read_bytes()
+    verified = verify(dest)
+    assert verified.returncode == 0, verified.stderr
+
+
+def test_quick_noop_checks_signatures_expiry_and_new_files(
+        trees: Trees, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    import repobuild.verify
+    from repobuild.mirror import sync as mirror
+    from repobuild.trust import load_trust
+
+    policy = load_trust(TRUST)
+    dest = tmp_path / "dest"
+    up = [str(trees.v1)]
+    # the folders' digest is kept at once (the guard against changes within one timestamp
+    # tick would skip it on a file system with 1 s or 2 s times)
+    monkeypatch.setattr(mirror, "_fs_now", lambda tree: time.time_ns() + 10**12)
+    assert mirror.sync(up, dest, policy).ok
+    state = json.loads((dest / ".repobuild" / "sync.json").read_bytes())
+    assert state["quick"]["dirs"], "digest recorded"
+    changed = os.lstat(dest).st_ctime_ns
+    assert mirror._dirs_digest(str(dest), [""], changed) is None, "racy: not recorded"
+    assert mirror._dirs_digest(str(dest), [""], changed + 1) is not None
+    checked: list[str] = []
+    real_check = repobuild.verify.check_index
+
+    def counting_check(*args: object, **kwargs: object) -> object:
+        checked.append("check_index")
+        return real_check(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(repobuild.verify, "check_index", counting_check)
+    quiet = mirror.sync(up, dest, policy)
+    assert quiet.ok and quiet.noop and quiet.skipped == len(listed(dest)), quiet
+    assert checked == [], "the same index.json: no second parse"
+    before = served(dest)
+
+    # a file dropped into DEST changes its folder: the sync walks and finds it
+    folder = dest / next(p for p in listed(dest) if p.startswith("blobs/")).rsplit("/", 1)[0]
+    stray = folder / "stray.txt"
+    stray.write_text("not listed\n")
+    kept = mirror.sync(up, dest, policy)
+    assert kept.ok and kept.noop and kept.in_grace == 1 and stray.exists(), kept
+    gone = mirror.sync(up, dest, policy, keep_unlisted=False)
+    assert gone.ok and gone.removed == 1 and not stray.exists(), gone
+    assert checked == [] and served(dest) == before
+
+    # expired since the last sync: refused the ordinary way, DEST untouched
+    late = mirror.sync(up, dest, policy, now=datetime.now(UTC) + timedelta(days=400))
+    assert not late.ok and any("expired at" in f for f in late.failures), late.failures
+    assert checked == ["check_index"] and served(dest) == before
+
+    # the signatures are checked every time: the same index.json with a bad one is refused
+    bad = shutil.copytree(trees.v1, tmp_path / "bad-sig")
+    flip_byte(bad / "index.json.sig", 20)
+    refused = mirror.sync([str(bad)], dest, policy)
+    assert not refused.ok and any("index.json" in f for f in refused.failures), refused
+    assert checked == ["check_index"] * 2 and served(dest) == before
+
+    # without its listing (deleted, say) the sync goes the ordinary way and writes it again
+    (dest / ".repobuild" / "sync-listing.json").unlink()
+    again = mirror.sync(up, dest, policy)
+    assert again.ok and again.noop and checked == ["check_index"] * 3, again
+    assert (dest / ".repobuild" / "sync-listing.json").is_file()
+    assert served(dest) == before
+
+
 # -- files the publisher stops listing ---------------------------------------------------------
 def test_unlisted_files_go_at_once_or_after_the_grace_period(tmp_path: Path) -> None:
     source = shutil.copytree(FIXTURES, tmp_path / "src")
@@ -451,3 +541,21 @@ def test_dest_is_locked_while_a_sync_runs(trees: Trees, tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "another repobuild process" in proc.stderr and "Traceback" not in proc.stderr
     assert not (dest / "index.json").exists()
+
+
+# -- bench/sync_bench.py keeps working (like tests/test_bench_smoke.py for the other scripts) --
+def test_sync_bench_smoke(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "sync_bench.py"), "60", "--avg-kb", "4",
+         "--no-sync", "--timeout", "120", "--work", str(tmp_path), "--results", str(results)],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    rows = {line.split("|")[1].strip(): line for line in results.read_text().splitlines()
+            if line.startswith("| repobuild sync")}
+    assert set(rows) == {"repobuild sync, full (empty MIRROR)",
+                         "repobuild sync, no-op (upstream unchanged)",
+                         "repobuild sync, repair (1 blob deleted, 1 page cut)"}, rows
+    assert "noop=True" in rows["repobuild sync, no-op (upstream unchanged)"]
+    assert "fetched 2 files" in rows["repobuild sync, repair (1 blob deleted, 1 page cut)"]
+    assert not (tmp_path / "sync-bench-n60").exists()  # removed without --keep

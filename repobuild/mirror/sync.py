@@ -40,6 +40,20 @@
    by-hash) or DEST's current index.json — the one this command verified and landed, known by
    the SHA-256 recorded in sync.json (else re-checked by its signatures) — lists it with the
    same SHA-256.
+6. The quick no-op. When the fetched index.json is byte for byte the one a sync landed in DEST,
+   it was parsed and checked then; what can have changed since is the clock, the signatures
+   served with it and DEST itself. So the sync checks the signatures (gpgv and cosign, in a
+   thread) and the validity window recorded in sync.json, and meanwhile stats every listed
+   file against the sizes recorded in ``DEST/.repobuild/sync-listing.json`` (written with the
+   listing, keyed by index.json's SHA-256) — without parsing index.json at all. Anything short
+   of perfect (a file missing or of another size, a signature that does not verify or is
+   missing, expiry) and the sync goes the ordinary way above, with its messages and repairs.
+   The prune step (4.) needs to know every file in DEST; instead of walking DEST again it
+   compares the inode and change time of every folder the last walk saw (a file added,
+   removed or renamed changes its folder's) with a digest kept in sync.json, and walks only
+   when one differs. A digest is recorded only when every folder changed before a file
+   created just then (its change time is the file system's clock): a change within the
+   same timestamp tick as a later one could go unseen (git's "racy" index entries).
 
 DEST is locked (the build's lock) while a sync runs. ``DEST/.repobuild/`` is local state: it is
 never listed (index.json cannot name a dot-path), never fetched from an upstream, never
@@ -57,23 +71,26 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repobuild.errors import UsageError, VerificationError
-from repobuild.formats import manifest
-from repobuild.formats.manifest import Manifest, ManifestError, rfc3339
 from repobuild.mirror.cachepolicy import is_immutable
 from repobuild.sources import CHUNK, FetchError, FolderSource, HttpSource
 from repobuild.store import OutTree
-from repobuild.trust import SIGNATURE_FILES, TrustPolicy, check_signatures
-from repobuild.verify import Report, check_index
+from repobuild.trust import SIGNATURE_FILES, SignatureResult, TrustPolicy, check_signatures
+
+if TYPE_CHECKING:
+    from repobuild.formats.manifest import Manifest
+
+# repobuild.verify and repobuild.formats.manifest (with the package parsers they import) are
+# imported where they are used: the quick no-op (point 6) needs neither.
 
 STATE = "sync.json"
+LISTING = "sync-listing.json"  # the quick no-op's sizes and folders (point 6)
 PARTIAL = "partial"
 INDEX = "index.json"
 MAX_MESSAGES = 20
@@ -151,6 +168,7 @@ def _state_version(state: dict[str, Any]) -> int:
 @dataclass
 class _Dest:
     data: bytes | None = None  # DEST's index.json
+    sha256: str | None = None  # its SHA-256, when a sync landed it (else not computed)
     version: int | None = None  # its version
     ours: bool = False  # landed by a sync (its SHA-256 is in sync.json), or signed
     index: Manifest | None = None  # parsed only when not ours
@@ -158,6 +176,9 @@ class _Dest:
 
     def trusted(self, new_data: bytes, new_index: Manifest) -> dict[str, tuple[int, str]]:
         """DEST's verified listing: what its files are, without reading them."""
+        from repobuild.formats import manifest
+        from repobuild.formats.manifest import ManifestError
+
         if not self.ours:
             return {}
         if self.data == new_data:
@@ -176,9 +197,14 @@ def _read_dest(dest: Path, state: dict[str, Any], policy: TrustPolicy) -> _Dest:
         out.data = (dest / INDEX).read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         return out
-    if state.get("index_sha256") == hashlib.sha256(out.data).hexdigest():
+    sha256 = hashlib.sha256(out.data).hexdigest()
+    if state.get("index_sha256") == sha256:
         out.ours, out.version = True, out.min_version  # the version sync.json recorded
+        out.sha256 = sha256
         return out
+    from repobuild.formats import manifest
+    from repobuild.formats.manifest import ManifestError
+
     try:
         out.index = manifest.parse(out.data)
     except ManifestError:
@@ -194,6 +220,175 @@ def _read_dest(dest: Path, state: dict[str, Any], policy: TrustPolicy) -> _Dest:
             sigs[name] = None
     out.ours, _results = check_signatures(policy, out.data, sigs)
     return out
+
+
+# -- the quick no-op (point 6 of the docstring) ------------------------------------------------
+@dataclass
+class _Quick:
+    """What the last sync left for a no-op: it landed the index.json of SHA-256 ``sha256``."""
+
+    sha256: str
+    version: int
+    generated: int  # the index's validity window, in seconds since the epoch
+    expires: int
+    sizes: dict[str, int]  # every listed path and its size
+    dirs: list[str]  # every folder below DEST (but .repobuild) its last walk saw; "" is DEST
+    digest: str | None  # of those folders' inodes and change times; None: not known
+    dirs_same: bool = False  # the check found every folder as the digest says
+    root_stat: tuple[int, int] | None = None  # DEST's own inode and change time, then
+
+    def check(self, root: Path, policy: TrustPolicy, data: bytes,
+              sigs: dict[str, bytes | None], now: datetime) -> bool:
+        """True when the signatures verify (every one), the window holds and every listed
+        file has its size. Nothing is written; on False the caller checks the ordinary way."""
+        clock = now.timestamp()
+        if not self.generated <= clock <= self.expires:
+            return False  # expired (or not valid yet): the ordinary check says so
+        box: list[tuple[bool, list[SignatureResult]] | Exception] = []
+
+        def signatures() -> None:
+            try:
+                box.append(check_signatures(policy, data, sigs))
+            except Exception as exc:  # the ordinary check meets it again
+                box.append(exc)
+
+        thread = threading.Thread(target=signatures, name="sync-signatures", daemon=True)
+        thread.start()
+        try:
+            present = _all_present(str(root), self.sizes)
+            if present and self.digest is not None:
+                self.root_stat = _dir_stat(str(root))
+                self.dirs_same = _dirs_digest(str(root), self.dirs) == self.digest
+        finally:
+            thread.join()
+        if not present or not box or isinstance(box[0], Exception):
+            return False
+        ok, results = box[0]
+        return ok and all(r.ok for r in results)
+
+
+def _load_quick(tree: OutTree, state: dict[str, Any], have: _Dest) -> _Quick | None:
+    quick = state.get("quick")
+    if not have.ours or have.sha256 is None or not isinstance(quick, dict):
+        return None
+    if quick.get("index_sha256") != have.sha256 or have.version is None:
+        return None
+    try:
+        doc = json.loads((tree.state / LISTING).read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("index_sha256") != have.sha256:
+        return None
+    sizes, dirs, digest = doc.get("listed"), doc.get("dirs"), quick.get("dirs")
+    generated, expires = quick.get("generated"), quick.get("expires")
+    if not (isinstance(sizes, dict) and isinstance(dirs, list) and isinstance(generated, int)
+            and isinstance(expires, int) and (digest is None or isinstance(digest, str))):
+        return None
+    return _Quick(have.sha256, have.version, generated, expires, sizes, dirs, digest)
+
+
+def _all_present(root: str, sizes: dict[str, int]) -> bool:
+    """Every path has its size (a stat each; the sizes come from a listing a sync verified)."""
+    base = root + "/"
+    stat = os.stat
+    try:
+        for rel, size in sizes.items():
+            if stat(base + rel).st_size != size:
+                return False
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
+def _dir_stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_ctime_ns
+
+
+def _fs_now(tree: OutTree) -> int | None:
+    """The file system's clock: the change time of a file created for the purpose."""
+    path = tree.temp_path()
+    try:
+        path.write_bytes(b"")
+        return os.lstat(path).st_ctime_ns
+    except OSError:
+        return None
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _record_digest(tree: OutTree, dirs: list[str]) -> str | None:
+    """The folders' digest to keep, or None while one of them may still change unseen."""
+    fs_now = _fs_now(tree)
+    return None if fs_now is None else _dirs_digest(str(tree.root), dirs, fs_now)
+
+
+def _dirs_digest(root: str, dirs: list[str], changed_before: int | None = None) -> str | None:
+    """SHA-256 of each folder's path, inode and change time (creating, removing or renaming an
+    entry changes its folder's). None when a folder is gone, or, with ``changed_before``,
+    changed at that time or later: a later change in the same timestamp tick would leave its
+    change time as it is."""
+    lines = []
+    lstat = os.lstat
+    base = root + "/"
+    try:
+        for rel in dirs:
+            st = lstat(base + rel if rel else root)
+            if changed_before is not None and st.st_ctime_ns >= changed_before:
+                return None
+            lines.append(f"{rel}\0{st.st_ino}\0{st.st_ctime_ns}")
+    except (OSError, TypeError):
+        return None
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@dataclass
+class _Walk:
+    files: list[str]  # sorted
+    dirs: list[str]  # sorted; "" is the root
+    complete: bool  # no folder was unreadable
+
+
+def _walk(root: Path, state_dir: str) -> _Walk:
+    """Every file below ``root`` but the local state folder, as ``os.walk`` sees them (a
+    symlink to a folder is neither a file nor followed), and every folder walked."""
+    files: list[str] = []
+    dirs = [""]
+    complete = True
+    base = str(root)
+    stack = [""]
+    while stack:
+        prefix = stack.pop()
+        try:
+            entries = os.scandir(base + "/" + prefix if prefix else base)
+        except OSError:
+            complete = False
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    is_dir = False
+                if not is_dir:
+                    files.append(prefix + entry.name)
+                    continue
+                if not prefix and entry.name == state_dir:
+                    continue
+                try:
+                    link = entry.is_symlink()
+                except OSError:
+                    link = False
+                if not link:
+                    rel = prefix + entry.name
+                    dirs.append(rel)
+                    stack.append(rel + "/")
+    files.sort()
+    dirs.sort()
+    return _Walk(files, dirs, complete)
 
 
 # -- upstreams --------------------------------------------------------------------------------
@@ -400,29 +595,79 @@ def sync(
     try:
         state = read_state(dest)
         have = _read_dest(dest, state, policy)
-        chosen = _choose_index(ups, policy, have, now, result)
+        quick = _load_quick(tree, state, have)
+        chosen = _choose_index(ups, policy, have, now, result, quick, dest)
         if chosen is None:
             result.ok = False
             if not result.failures:
                 result.failures.append("no upstream served a verifiable index.json")
             return result
         first, data, sigs, index = chosen
-        result.version, result.upstream = index.version, first.name
-        needed = _missing(dest, index, have.trusted(data, index))
-        result.skipped = len(index.listed()) - len(needed)
-        first.rank = -1  # the upstream that served the index is asked first
-        fetched = _fetch_all(tree, ups, index, needed, timeout, workers, result, progress)
-        if not result.ok:
-            return result
-        result.noop = have.data == data and not fetched
-        _land(tree, index, fetched, data, sigs)
-        _prune(tree, index, now, grace_days if keep_unlisted else None, state, result)
-        _write_state(tree, data, index, first.name, now, state)
+        if index is None:  # DEST's own index.json again, checked the quick way (point 6)
+            assert quick is not None
+            result.version, result.upstream = quick.version, first.name
+            result.skipped = len(quick.sizes)
+            result.noop = True
+            _land(tree, {}, data, sigs)
+            listing = _Listing(quick.sha256, quick.version, None, quick.generated,
+                               quick.expires, quick.sizes)
+        else:
+            result.version, result.upstream = index.version, first.name
+            listed = index.listed()
+            needed = _missing(dest, index, have.trusted(data, index))
+            result.skipped = len(listed) - len(needed)
+            first.rank = -1  # the upstream that served the index is asked first
+            fetched = _fetch_all(tree, ups, index, needed, timeout, workers, result, progress)
+            if not result.ok:
+                return result
+            result.noop = have.data == data and not fetched
+            _land(tree, fetched, data, sigs)
+            listing = _Listing.of(index, data, have)
+        keep = {*listing.sizes, INDEX, *SIGNATURE_FILES}
+        grace_days_or_none = grace_days if keep_unlisted else None
+        if index is None and quick is not None and quick.dirs_same:
+            # no folder changed since the last walk: DEST holds the listed files (all there,
+            # as the check found) and the unlisted ones sync.json's grace record names
+            old = state.get("grace")
+            known = sorted(old) if isinstance(old, dict) else []
+            _prune(tree, keep, known, now, grace_days_or_none, state, result)
+            same = not result.removed and _dir_stat(str(dest)) == quick.root_stat
+            dirs = quick.dirs
+            digest = quick.digest if same else _record_digest(tree, dirs)
+        else:
+            walked = _walk(dest, tree.state.name)
+            _prune(tree, keep, walked.files, now, grace_days_or_none, state, result)
+            dirs = walked.dirs
+            digest = _record_digest(tree, dirs) if walked.complete else None
+        _write_state(tree, listing, dirs, digest, first.name, now, state,
+                     cached=quick if index is None else None)
         shutil.rmtree(tree.state / PARTIAL, ignore_errors=True)
         return result
     finally:
         tree.close(failed=not result.ok)
         result.seconds = time.monotonic() - started
+
+
+@dataclass
+class _Listing:
+    """What the state files record of the index.json that landed."""
+
+    sha256: str
+    version: int
+    generated_text: str | None  # as sync.json has it (None: unchanged)
+    generated: int  # seconds since the epoch
+    expires: int
+    sizes: dict[str, int]  # every listed path and its size
+
+    @classmethod
+    def of(cls, index: Manifest, data: bytes, have: _Dest) -> _Listing:
+        from repobuild.formats.manifest import rfc3339
+
+        sha256 = have.sha256 if have.sha256 and have.data == data else (
+            hashlib.sha256(data).hexdigest())
+        return cls(sha256, index.version, rfc3339(index.generated),
+                   int(index.generated.timestamp()), int(index.expires.timestamp()),
+                   {rel: size for rel, (size, _digest) in index.listed().items()})
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -434,8 +679,10 @@ def _same_folder(a: Path, b: Path) -> bool:
 
 def _choose_index(
     ups: list[_Upstream], policy: TrustPolicy, have: _Dest, now: datetime, result: SyncResult,
-) -> tuple[_Upstream, bytes, dict[str, bytes | None], Manifest] | None:
-    """The first upstream whose index verifies, is unexpired and is not older than DEST's."""
+    quick: _Quick | None = None, dest: Path | None = None,
+) -> tuple[_Upstream, bytes, dict[str, bytes | None], Manifest | None] | None:
+    """The first upstream whose index verifies, is unexpired and is not older than DEST's.
+    The index comes back parsed, or as None when it is DEST's own and passed ``quick``."""
     for up in ups:
         stats = result.upstreams[up.name]
         try:
@@ -450,6 +697,13 @@ def _choose_index(
             stats.error(str(exc))
             result.failures.append(f"{up.name}: {exc}")
             continue
+        if quick is not None and dest is not None and data == have.data:
+            if quick.check(dest, policy, data, sigs, now):
+                result.failures.clear()
+                return up, data, sigs, None
+            quick = None  # not all in place: the ordinary way, which says what is wrong
+        from repobuild.verify import Report, check_index
+
         report = Report(target=up.name)
         index = check_index(policy, data, sigs, now=now, min_version=have.min_version,
                             report=report)
@@ -488,6 +742,8 @@ def _fetch_all(
     workers: int, result: SyncResult, progress: Progress | None,
 ) -> dict[str, Path]:
     """Every needed file into ``partial/``; path -> its verified partial file."""
+    from concurrent.futures import ThreadPoolExecutor
+
     listed = index.listed()
     groups: dict[tuple[str, int], list[str]] = {}
     for rel in sorted(needed, key=lambda r: (not is_immutable(r), r)):
@@ -575,7 +831,7 @@ def _land_rank(rel: str) -> int:
     return 1
 
 
-def _land(tree: OutTree, index: Manifest, fetched: dict[str, Path], data: bytes,
+def _land(tree: OutTree, fetched: dict[str, Path], data: bytes,
           sigs: dict[str, bytes | None]) -> None:
     """Renames in the safe order; index.json's signatures, then index.json, last."""
     uses: dict[Path, int] = {}
@@ -608,16 +864,18 @@ def _land(tree: OutTree, index: Manifest, fetched: dict[str, Path], data: bytes,
             tree.remove(name)
 
 
-def _prune(tree: OutTree, index: Manifest, now: datetime, grace_days: float | None,
-           state: dict[str, Any], result: SyncResult) -> None:
-    """Remove what the new index does not list (or, with a grace period, once it is over)."""
-    keep = set(index.listed()) | {INDEX, *SIGNATURE_FILES}
+def _prune(tree: OutTree, keep: Collection[str], files: list[str], now: datetime,
+           grace_days: float | None, state: dict[str, Any], result: SyncResult) -> None:
+    """Remove what the new index does not list (or, with a grace period, once it is over);
+    ``files``: every file DEST holds (or at least every one it does not list)."""
     old = state.get("grace")
     grace: dict[str, str] = dict(old) if isinstance(old, dict) else {}
     kept: dict[str, str] = {}
-    for rel in tree.walk():
-        if rel in keep:
-            continue
+    unlisted = [rel for rel in files if rel not in keep]
+    if unlisted:
+        from repobuild.formats import manifest
+        from repobuild.formats.manifest import ManifestError, rfc3339
+    for rel in unlisted:
         if grace_days is not None:
             since = grace.get(rel)
             try:
@@ -633,11 +891,33 @@ def _prune(tree: OutTree, index: Manifest, now: datetime, grace_days: float | No
     result.in_grace = len(kept)
 
 
-def _write_state(tree: OutTree, data: bytes, index: Manifest, upstream: str, now: datetime,
-                 state: dict[str, Any]) -> None:
-    state.update(version=index.version, generated=rfc3339(index.generated),
-                 index_sha256=hashlib.sha256(data).hexdigest(), synced=rfc3339(now),
-                 upstream=upstream)
+def _write_state(tree: OutTree, listing: _Listing, dirs: list[str], digest: str | None,
+                 upstream: str, now: datetime, state: dict[str, Any],
+                 cached: _Quick | None) -> None:
+    """sync.json, and the listing the quick no-op reads (rewritten only when it changed;
+    ``cached``: what it holds now, when known)."""
+    if cached is None or cached.dirs != dirs:
+        body = json.dumps({"index_sha256": listing.sha256, "listed": listing.sizes,
+                           "dirs": dirs}, separators=(",", ":")).encode()
+        _replace(tree, tree.state / LISTING, body)
+    state.update(version=listing.version, index_sha256=listing.sha256,
+                 synced=now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),  # RFC 3339
+                 upstream=upstream,
+                 quick={"index_sha256": listing.sha256, "generated": listing.generated,
+                        "expires": listing.expires, "dirs": digest})
+    if listing.generated_text is not None:
+        state["generated"] = listing.generated_text
+    text = json.dumps(state, sort_keys=True, indent=1) + "\n"
+    _replace(tree, tree.state / STATE, text.encode())
+
+
+def _replace(tree: OutTree, path: Path, body: bytes) -> None:
+    """Write ``path`` by a rename, unless it holds these bytes already."""
+    try:
+        if path.stat().st_size == len(body) and path.read_bytes() == body:
+            return
+    except OSError:
+        pass
     tmp = tree.temp_path()
-    tmp.write_text(json.dumps(state, sort_keys=True, indent=1) + "\n")
-    os.replace(tmp, tree.state / STATE)
+    tmp.write_bytes(body)
+    os.replace(tmp, path)
