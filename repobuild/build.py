@@ -27,7 +27,7 @@ from packaging.version import Version
 from repobuild.aptrepo import build_apt
 from repobuild.cache import BuildCache, Stamp
 from repobuild.config import Config, build_time, source_date_epoch
-from repobuild.errors import UsageError, ValidationError
+from repobuild.errors import RepobuildError, UsageError, ValidationError
 from repobuild.formats import manifest
 from repobuild.formats.manifest import ManifestError, rfc3339
 from repobuild.gc import record_history
@@ -47,6 +47,7 @@ from repobuild.workers import Workers, worker_count
 INDEX = "index.json"
 BATCH_BYTES = 8 << 20  # work sent to a worker process at once
 BATCH_FILES = 64
+PARSE_ASIDE_BYTES = 16 << 20  # a previous index.json larger than this is parsed by a worker
 
 Progress = Callable[[int, int], None]
 
@@ -65,7 +66,9 @@ class BuildResult:
     errors: list[str] = field(default_factory=list)  # the tree is valid, but this failed
 
 
-def _previous(tree: OutTree, workers: Workers) -> manifest.Previous | None:
+def _previous(tree: OutTree, workers: Workers) -> Callable[[], manifest.Previous | None]:
+    """The summary of the index this build replaces; parsed while the files are read (the
+    returned function waits for it)."""
     path = tree.path(INDEX)
     if not path.exists():
         leftovers = [p for p in tree.walk()]
@@ -75,17 +78,22 @@ def _previous(tree: OutTree, workers: Workers) -> manifest.Previous | None:
                 "refusing to build into it",
                 tree.root,
             )
-        return None
-    try:
-        # parsing 100,000 entries peaks at ~3 × their final size: done in a worker process,
-        # which hands back only the summary
-        if workers.count:
-            summary: manifest.Previous = workers.submit(_read_previous, str(path)).result()
-            return summary
-        return _read_previous(str(path))
-    except (ManifestError, OSError) as exc:
-        raise ValidationError(f"the existing index is unreadable ({exc}); not building over it",
-                              path) from None
+        return lambda: None
+    # parsing 100,000 entries peaks at ~3 × their final size: a large index is parsed in a
+    # worker process, which hands back only the summary (pickling it costs more than parsing
+    # a small one here)
+    large = path.stat().st_size > PARSE_ASIDE_BYTES
+    job = workers.submit(_read_previous, str(path)) if workers.count and large else None
+
+    def result() -> manifest.Previous | None:
+        try:
+            return job.result() if job is not None else _read_previous(str(path))
+        except (ManifestError, OSError) as exc:
+            raise ValidationError(
+                f"the existing index is unreadable ({exc}); not building over it", path
+            ) from None
+
+    return result
 
 
 def _read_previous(path: str) -> manifest.Previous:
@@ -115,8 +123,10 @@ def _ingest_all(
     for pos, sf in enumerate(files):
         art = cache.lookup(sf.rel, Stamp(sf.size, sf.mtime_ns, sf.ctime_ns, sf.inode),
                            sha512=sha512)
-        if art is not None and _blob_present(tree, art, cache):
-            slots[pos] = Ingested(art, None, cached=True)
+        if art is not None and (art.kind != "wheel" or cache.metadata_size(sf.rel) is not None):
+            # its blob is taken to be in OUT: checked against the walk of OUT at the end (a stat
+            # per file here cost more than the rest of an unchanged rebuild)
+            slots[pos] = Ingested(art, None, cached=True, src=sf.path)
         else:
             todo.append(pos)
     done = len(files) - len(todo)
@@ -207,16 +217,37 @@ def _in_workers(
         raise failure
 
 
-def _blob_present(tree: OutTree, art: Artifact, cache: BuildCache) -> bool:
-    try:
-        if tree.path(art.blob).stat().st_size != art.size:
-            return False
-        if art.kind == "wheel":
-            size = cache.metadata_size(art.path)
-            return size is not None and tree.path(art.blob + ".metadata").stat().st_size == size
-    except OSError:
-        return False
-    return True
+def _restore_missing(
+    tree: OutTree,
+    ingested: list[Ingested],
+    on_disk: set[str],
+    cache: BuildCache,
+    result: BuildResult,
+    *,
+    link: bool,
+    sha512: bool,
+) -> None:
+    """Put back the blob (or .metadata) of a cached file that is gone from OUT (deleted by
+    hand, say): read from its source again, placed if it still has the listed content."""
+    for item in ingested:
+        art = item.artifact
+        gone = art.blob not in on_disk or (
+            art.kind == "wheel" and art.blob + ".metadata" not in on_disk)
+        if not item.cached or not gone or item.src is None:
+            continue
+        cache.forget(art.path)
+        try:
+            again = ingest_into(str(tree.root), (item.src, art.path), link=link, sha512=sha512)
+        except RepobuildError as exc:
+            result.errors.append(f"{art.blob}: missing from OUT and cannot be restored: {exc}")
+            continue
+        if again.artifact.sha256 != art.sha256:
+            result.errors.append(
+                f"{art.blob}: missing from OUT, and {art.path} has changed since it was read; "
+                "build again")
+            continue
+        if again.stamp is not None:
+            cache.record(again.artifact, again.stamp, again.meta_size)
 
 
 def _check_duplicates(arts: list[Artifact]) -> None:
@@ -420,8 +451,7 @@ def build(
     metadata_sizes: dict[str, int] = {}
     try:
         tree.open()
-        prev = _previous(tree, workers)
-        version = (prev.version + 1) if prev else 1
+        prev_job = _previous(tree, workers)
 
         phase("reading")
         cache = BuildCache(tree.state, enabled=not rehash)
@@ -429,6 +459,8 @@ def build(
             files, tree, cache, workers, created,
             link=link, sha512=config.sha512, progress=progress,
         )
+        prev = prev_job()  # an unreadable index fails here: what was placed is undone
+        version = (prev.version + 1) if prev else 1
         tree.use_workers(workers)
         del files  # 100,000 scan records: not needed again
         arts = [i.artifact for i in ingested]
@@ -551,14 +583,18 @@ def build(
         for item in ingested:
             if item.stamp is not None:
                 cache.record(item.artifact, item.stamp, metadata_sizes.get(item.artifact.path))
-        cache.save(tree.temp_path())
 
         phase("pruning")
         keep = set(listed) | blob_paths | {INDEX, *signatures}
-        for path in tree.walk():
+        on_disk = tree.walk()
+        _restore_missing(tree, ingested, set(on_disk), cache, result, link=link,
+                         sha512=config.sha512)
+        for path in on_disk:
             if path not in keep:
                 tree.remove(path)
                 result.removed += 1
+        del on_disk
+        cache.save(tree.temp_path())
         for art in arts:
             result.by_kind[art.kind] = result.by_kind.get(art.kind, 0) + 1
         if keys.insecure_demo:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from repobuild.formats.deb import DebInfo
-from repobuild.formats.pydist import DistInfo
+if TYPE_CHECKING:  # annotations only: importing the parsers costs ~75 ms at start-up
+    from repobuild.formats.deb import DebInfo
+    from repobuild.formats.pydist import DistInfo
 
 KINDS = ("deb", "wheel", "sdist", "file")
 

@@ -229,6 +229,32 @@ def test_unchanged_rebuild_reads_no_artifact_and_rehash_reads_all(
     verify_ok(out)
 
 
+def test_blob_deleted_from_out_is_put_back_by_the_next_build(
+        src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache vouches for a file without looking at OUT; a blob (or a wheel's .metadata)
+    deleted from OUT is found missing by the build's walk of OUT and read again."""
+    log = ReadLog(monkeypatch, tmp_path / "reads.log")
+    out = tmp_path / "out"
+    first = rb.build(src, out, DEMO_KEYS, Config())
+    index = index_of(out)
+    deb = artifact(index, "debs/rbdemo-hello_1.0-1_amd64.deb")
+    whl = artifact(index, "python/rbdemo_lib-1.0.0-py3-none-any.whl")
+    deb_bytes = (out / deb["blob"]).read_bytes()
+    meta_bytes = (out / whl["metadata"]["path"]).read_bytes()
+    (out / deb["blob"]).unlink()
+    (out / whl["metadata"]["path"]).unlink()
+    log.clear()
+    second = rb.build(src, out, DEMO_KEYS, Config())
+    assert second.errors == [] and second.version == first.version + 1
+    assert log.reads() == sorted([deb["path"], whl["path"]])
+    assert (out / deb["blob"]).read_bytes() == deb_bytes
+    assert (out / whl["metadata"]["path"]).read_bytes() == meta_bytes
+    verify_ok(out)
+    log.clear()
+    rb.build(src, out, DEMO_KEYS, Config())
+    assert log.reads() == [], "the restored files are in the cache again"
+
+
 def _change_in_place(path: Path) -> tuple[str, str]:
     """Flip one byte, keep the size, put the mtime back; returns (old, new) SHA-256."""
     st = path.stat()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -177,10 +178,11 @@ def _int(value: object, what: str) -> int:
     return value
 
 
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
 def _hex(value: object, what: str) -> str:
-    if not isinstance(value, str) or len(value) != 64 or any(
-        c not in "0123456789abcdef" for c in value
-    ):
+    if not isinstance(value, str) or not _SHA256_HEX.fullmatch(value):
         raise ManifestError(f"{what} is not a SHA-256 hex digest")
     return value
 
