@@ -10,11 +10,9 @@ import json
 import posixpath
 import re
 from collections.abc import Iterable
-from html.parser import HTMLParser
+from html import unescape
 from typing import Any
 from urllib.parse import unquote, urldefrag
-
-from debian.deb822 import Deb822, Release
 
 from repobuild.formats.manifest import Manifest
 
@@ -45,6 +43,8 @@ def check_by_hash(index: Manifest) -> list[Failure]:
 
 def check_release(index: Manifest, suite_dir: str, release: bytes) -> list[Failure]:
     """Release's SHA256 lines against index.json, and every listed index named in Release."""
+    from debian.deb822 import Release
+
     out: list[Failure] = []
     path = f"{suite_dir}/Release"
     rel = Release(release.decode("utf-8", "replace"))
@@ -70,6 +70,8 @@ def check_release(index: Manifest, suite_dir: str, release: bytes) -> list[Failu
 
 def check_packages(index: Manifest, path: str, data: bytes) -> list[Failure]:
     """Each stanza names a listed .deb blob with its size and SHA-256."""
+    from debian.deb822 import Deb822
+
     out: list[Failure] = []
     blobs = index.by_blob
     for stanza in Deb822.iter_paragraphs(data.decode("utf-8", "replace")):
@@ -88,20 +90,67 @@ def check_packages(index: Manifest, path: str, data: bytes) -> list[Failure]:
     return out
 
 
-class _Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.links: list[dict[str, str | None]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self.links.append(dict(attrs))
-
-
 def _links(data: bytes) -> list[dict[str, str | None]]:
-    parser = _Links()
-    parser.feed(data.decode("utf-8", "replace"))
-    return parser.links
+    """The attributes of every <a> start tag, as ``html.parser`` reads them."""
+    text = data.decode("utf-8", "replace")
+    links = _plain_links(text)
+    if links is not None:
+        return links
+    from html.parser import HTMLParser
+
+    class Links(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "a":
+                found.append(dict(attrs))
+
+    found: list[dict[str, str | None]] = []
+    Links().feed(text)
+    return found
+
+
+# A page made only of complete, plainly written tags (<name attr="value" ...>, </name>,
+# <!DOCTYPE html>) and text without "<" (what repobuild writes) is read here several times
+# faster than by html.parser, with the same result; anything else (comments, other quoting, a
+# stray "<", raw-text elements with markup inside) returns None, and html.parser reads it.
+_WS = "[ \t\n\r\f]"
+_NEXT_TAG = re.compile(
+    r'[^<]*(?:<!DOCTYPE html>|<(/?)([a-zA-Z][a-zA-Z0-9]*)'
+    rf'((?:{_WS}+[a-zA-Z][-a-zA-Z0-9:_.]*="[^"<>]*")*){_WS}*>)'
+)
+_ATTR = re.compile(rf'{_WS}+([a-zA-Z][-a-zA-Z0-9:_.]*)="([^"<>]*)"')
+# elements whose content some html.parser versions read as text: allowed with plain text only
+_RAW_TEXT = {"script", "style", "title", "textarea", "xmp", "iframe", "noembed", "noframes"}
+_REFUSED = {"plaintext", "noscript"}
+
+
+def _plain_links(text: str) -> list[dict[str, str | None]] | None:
+    links: list[dict[str, str | None]] = []
+    match = _NEXT_TAG.match
+    raw: str | None = None  # inside this raw-text element
+    pos = 0
+    while m := match(text, pos):
+        pos = m.end()
+        closing, name, attrs = m.groups()
+        if name is None:  # <!DOCTYPE html>
+            if raw is not None:
+                return None
+            continue
+        name = name.lower()
+        if raw is not None and not (closing and name == raw):
+            return None
+        raw = None
+        if closing:
+            if attrs:
+                return None
+        elif name in _REFUSED:
+            return None
+        elif name in _RAW_TEXT:
+            raw = name
+        elif name == "a":
+            links.append({k.lower(): unescape(v) if v else v for k, v in _ATTR.findall(attrs)})
+    if raw is not None or text.find("<", pos) >= 0:
+        return None
+    return links
 
 
 def check_simple_project(
@@ -184,19 +233,26 @@ def check_simple_root(html: bytes, json_bytes: bytes | None, projects: Iterable[
     return out
 
 
-def check_products(index: Manifest, products: dict[str, str], reserved: Iterable[str]) -> list[
-    Failure
-]:
-    """The in-toto build link's products against the files index.json lists."""
+def check_products(
+    index: Manifest,
+    products: dict[str, str],
+    reserved: Iterable[str],
+    *,
+    listed: dict[str, tuple[int, str]] | None = None,
+) -> list[Failure]:
+    """The in-toto build link's products against the files index.json lists (``listed``:
+    ``index.listed()`` when the caller has it already)."""
     out: list[Failure] = []
-    listed = {p: h for p, (_s, h) in index.listed().items()}
+    if listed is None:
+        listed = index.listed()
     skip = tuple(reserved)
-    for path, digest in listed.items():
+    for path, (_size, digest) in listed.items():
         if path.startswith(skip):
             continue
-        if path not in products:
+        got = products.get(path)
+        if got is None:
             out.append((path, "not among the in-toto build link's products"))
-        elif products[path] != digest:
+        elif got != digest:
             out.append((path, "hash differs from the in-toto build link"))
     for path in products:
         if path not in listed:

@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import json
 import lzma
+import os
 import re
 import shutil
 import time
@@ -422,3 +423,144 @@ def test_usage_error_is_exit_2(tmp_path: Path) -> None:
     proc = repobuild("verify", tmp_path / "nope", "--trust", TRUST)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "nope" in proc.stderr
+
+
+# --- the two ways a folder is verified agree, tampering included ------------------------------
+#
+# A folder is hashed by forked worker processes (each takes tasks from a pipe and answers only
+# what failed; the in-toto check runs in a helper forked early); where there is no fork, by
+# threads, as a URL is. Both must find the same failures, in the same order, for a tampered
+# file of every kind of task: a plain batch (blob), a project page, a Packages, a suite
+# (Release), the simple root, the in-toto link, a missing and an unlisted file.
+
+
+def _verify_in_process(tree: Path, *, fork: bool, monkeypatch: pytest.MonkeyPatch,
+                       **kwargs: Any) -> dict[str, Any]:
+    from repobuild import verify as verify_mod
+    from repobuild.sources import FolderSource
+    from repobuild.trust import load_trust
+
+    with monkeypatch.context() as m:
+        m.setattr(verify_mod, "FORK", fork)
+        m.setattr(verify_mod, "TASK_FILES", 2)  # many small tasks: many trips through the pipe
+        done: list[tuple[int, int]] = []
+        report = verify_mod.verify(FolderSource(tree), load_trust(TRUST),
+                                   progress=lambda d, t: done.append((d, t)), **kwargs)
+    doc = report.to_json()
+    assert done and done[-1] == (doc["files_checked"], doc["files_checked"])
+    return doc
+
+
+def _flip_file(rel: str) -> Callable[[Path], tuple[str, str]]:
+    def tamper(tree: Path) -> tuple[str, str]:
+        path = rel if "*" not in rel else sorted(
+            p.relative_to(tree).as_posix() for p in tree.glob(rel))[0]
+        flip(tree / path)
+        return path, "SHA-256 does not match index.json"
+    return tamper
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [None, _flip_blob, _change_simple_page, _remove_listed_file, _add_unlisted_file,
+     _flip_file(f"{SUITE}/Release"), _flip_file(PACKAGES), _flip_file("simple/index.html"),
+     _flip_file("in-toto/build.*.link"), _flip_file("in-toto/root.layout")],
+    ids=["untouched", "blob-byte", "simple-page", "missing-file", "unlisted-file", "release",
+         "packages", "simple-root", "intoto-link", "intoto-layout"],
+)
+def test_worker_processes_and_threads_report_the_same(
+    out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tamper: Callable[[Path], tuple[str, str]] | None,
+) -> None:
+    tree = copy_tree(out, tmp_path / "tree")
+    path = reason = None
+    if tamper is not None:
+        path, reason = tamper(tree)
+    forked = _verify_in_process(tree, fork=True, monkeypatch=monkeypatch, workers=2)
+    threaded = _verify_in_process(tree, fork=False, monkeypatch=monkeypatch)
+    assert forked == threaded
+    if path is None:
+        assert forked["ok"] is True and forked["failures"] == []
+        assert "in-toto" in forked["checks"] and "simple" in forked["checks"]
+    else:
+        assert forked["ok"] is False
+        assert any(f["path"] == path and reason in f["reason"] for f in forked["failures"]), (
+            forked["failures"])
+
+
+def test_forged_packages_found_by_worker_processes(
+    out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tree = copy_tree(out, tmp_path / "tree")
+    path, reason = _forge_packages_stanza(tree)
+    forked = _verify_in_process(tree, fork=True, monkeypatch=monkeypatch, workers=3)
+    assert forked == _verify_in_process(tree, fork=False, monkeypatch=monkeypatch)
+    assert [(f["path"], reason in f["reason"]) for f in forked["failures"]] == [(path, True)]
+
+
+def test_a_dead_worker_leaves_no_file_unchecked(
+    out: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that dies (killed, out of memory) takes tasks with it: the parent checks them
+    itself, so that a tampered file in them is still found."""
+    from repobuild import verify as verify_mod
+
+    tree = copy_tree(out, tmp_path / "tree")
+    blob, reason = _flip_blob(tree)
+    parent = os.getpid()
+    run_task = verify_mod._run_task
+
+    def dying(plan: Any, task: Any) -> Any:
+        if os.getpid() != parent:
+            os._exit(9)  # every worker dies at its first task
+        return run_task(plan, task)
+
+    monkeypatch.setattr(verify_mod, "_run_task", dying)
+    report = _verify_in_process(tree, fork=True, monkeypatch=monkeypatch, workers=2)
+    assert [(f["path"], reason in f["reason"]) for f in report["failures"]] == [(blob, True)]
+    assert {"files", "unlisted", "simple", "in-toto"} <= set(report["checks"])
+
+
+def test_plain_link_reader_agrees_with_html_parser(out: Path) -> None:
+    """checks._plain_links (the fast reader of plainly written pages) returns what
+    html.parser returns, or None (then html.parser reads the page), for mutated pages."""
+    import random
+    from html.parser import HTMLParser
+
+    from repobuild.checks import _plain_links
+
+    class Links(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.links: list[dict[str, str | None]] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "a":
+                self.links.append(dict(attrs))
+
+    def parsed(text: str) -> list[dict[str, str | None]]:
+        parser = Links()
+        parser.feed(text)
+        return parser.links
+
+    pages = [p.read_text() for p in sorted((out / "simple").rglob("index.html"))]
+    for page in pages:
+        assert _plain_links(page) == parsed(page), page
+    pieces = list('<>/"\'=&; \t\nazAZ!-#') + [
+        "<a ", "</a>", "<!--", "-->", "<script>", "</script>", "<title>", "</TITLE >", "&gt;",
+        "&amp", ' href="', '<A HREF="y">', "<br/>", "<textarea>", "<plaintext>", "\x0b",
+        "\xa0", "&#62;", "<!DOCTYPE html>", '<a href="1" href="2">', ' Data-Y=""', "&notit;",
+    ]
+    rng = random.Random(5)
+    fast = 0
+    for _ in range(4000):
+        text = rng.choice(pages)
+        for _ in range(rng.randint(1, 3)):
+            k = rng.randrange(len(text) + 1)
+            cut = rng.choice((0, 0, 1, rng.randint(1, 5)))
+            text = text[:k] + rng.choice(pieces + [""]) + text[k + cut:]
+        links = _plain_links(text)
+        if links is not None:
+            fast += 1
+            assert links == parsed(text), text
+    assert fast > 500  # the mutations left many pages plainly written
