@@ -30,12 +30,13 @@ from repobuild.config import Config, build_time, source_date_epoch
 from repobuild.errors import RepobuildError, UsageError, ValidationError
 from repobuild.formats import manifest
 from repobuild.formats.manifest import ManifestError, rfc3339
+from repobuild.formats.simple import project_files, render_root
 from repobuild.gc import record_history
 from repobuild.ingest import Ingested, Job, ingest_batch, ingest_into
 from repobuild.keys import KeySet, check_keydir, load_keys, make_trust
 from repobuild.mirror.cachepolicy import render_headers_file, render_nginx_snippet
 from repobuild.model import Artifact, FileEntry
-from repobuild.pyrepo import build_simple
+from repobuild.pyrepo import Project, Staged, stage_project_pages
 from repobuild.scan import SourceFile, scan_source
 from repobuild.signing.cosign import public_key_hint
 from repobuild.signing.gpg import dearmor
@@ -47,6 +48,7 @@ from repobuild.workers import Workers, worker_count
 INDEX = "index.json"
 BATCH_BYTES = 8 << 20  # work sent to a worker process at once
 BATCH_FILES = 64
+PAGE_BATCH = 256  # projects whose pages a worker renders at once
 PARSE_ASIDE_BYTES = 16 << 20  # a previous index.json larger than this is parsed by a worker
 
 Progress = Callable[[int, int], None]
@@ -215,6 +217,22 @@ def _in_workers(
         drain_one()
     if failure is not None:
         raise failure
+
+
+def _stage_pages(
+    tree: OutTree, workers: Workers, projects: list[Project]
+) -> list[Callable[[], list[Staged]]]:
+    """Project pages in batches, to the workers (or rendered here, without them)."""
+    root = str(tree.root)
+    jobs: list[Callable[[], list[Staged]]] = []
+    for start in range(0, len(projects), PAGE_BATCH):
+        batch = projects[start:start + PAGE_BATCH]
+        if workers.count:
+            jobs.append(workers.submit(stage_project_pages, root, batch).result)
+        else:
+            done = stage_project_pages(root, batch)
+            jobs.append(lambda done=done: done)  # type: ignore[misc]
+    return jobs
 
 
 def _restore_missing(
@@ -479,6 +497,10 @@ def build(
                 prev.kept_files.pop(art.blob + ".metadata", None)
 
         phase("rendering")
+        # the project pages are rendered and written by the workers while this process
+        # renders the apt indices, the landing page and the rest
+        projects = list(project_files([a for a in arts if a.dist is not None]).items())
+        page_jobs = _stage_pages(tree, workers, projects)
         keys = keys_job.result()
         debs = [a for a in arts if a.deb is not None]
         apt = build_apt(debs, config, keys.gpg, now)
@@ -516,8 +538,15 @@ def build(
             config=config, keys=keys, version=version, now=now, expires=expires,
             arts=arts, components=components,
         ), tops)
-        for path, data in build_simple([a for a in arts if a.dist is not None]):
-            stage(path, data, mutable if path.count("/") > 1 else tops)
+        root_html, root_json = render_root([name for name, _files in projects])
+        stage("simple/index.html", root_html, tops)
+        stage("simple/index.json", root_json, tops)
+        del projects
+        for job in page_jobs:
+            for path, size, digest, where in job():
+                tree.adopt(path, where)
+                current[path] = FileEntry(size, digest)
+                mutable.append(path)
         stage("_headers", render_headers_file(), mutable)
         stage("nginx-repobuild.conf", render_nginx_snippet(), mutable)
 
@@ -586,7 +615,10 @@ def build(
 
         phase("pruning")
         keep = set(listed) | blob_paths | {INDEX, *signatures}
-        on_disk = tree.walk()
+        # OUT held nothing before a first build and the cache vouched for nothing: all there is
+        # was written and listed by this build (a walk of 25,000 files is 0.3 s)
+        fresh_tree = prev is None and not any(item.cached for item in ingested)
+        on_disk = [] if fresh_tree else tree.walk()
         _restore_missing(tree, ingested, set(on_disk), cache, result, link=link,
                          sha512=config.sha512)
         for path in on_disk:

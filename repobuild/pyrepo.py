@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
 
-from repobuild.formats.simple import project_files, render_project, render_root
-from repobuild.model import Artifact
+from repobuild.formats.simple import SimpleFile, render_project
+from repobuild.store import write_aside
+
+Project = tuple[str, list[SimpleFile]]
+#: (path, size, sha256, where it was staged: see repobuild.store.write_aside)
+Staged = tuple[str, int, str, str | None]
 
 
-def build_simple(dists: list[Artifact]) -> Iterator[tuple[str, bytes]]:
-    """(path, bytes) of every page, one at a time, so that pages need not all be held."""
-    projects = project_files(dists)
-    root_html, root_json = render_root(list(projects))
-    yield "simple/index.html", root_html
-    yield "simple/index.json", root_json
-    for name, files in projects.items():
+def stage_project_pages(root: str, projects: list[Project]) -> list[Staged]:
+    """Render the pages of these projects and write them aside in OUT (run in a worker
+    process, so that pages are rendered and written in parallel with the rest of a build)."""
+    pages: list[tuple[str, bytes | bytearray]] = []
+    for name, files in projects:
         html, data = render_project(name, files)
-        yield f"simple/{name}/index.html", html
-        yield f"simple/{name}/index.json", data
+        pages.append((f"simple/{name}/index.html", html))
+        pages.append((f"simple/{name}/index.json", data))
+    where = dict(write_aside(root, pages))
+    return [(rel, len(data), hashlib.sha256(data).hexdigest(), where[rel]) for rel, data in pages]

@@ -141,6 +141,10 @@ class OutTree:
             self._send()
         return size, digest
 
+    def adopt(self, rel: str, where: str | None) -> None:
+        """Record a file that a worker rendered and wrote aside itself (see write_aside)."""
+        self._staged[rel] = where
+
     def _send(self) -> None:
         if not self._batch:
             return
