@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -550,14 +550,15 @@ def build(
         stage("_headers", render_headers_file(), mutable)
         stage("nginx-repobuild.conf", render_nginx_snippet(), mutable)
 
-        blob_paths = {a.blob for a in arts}
+        blob_paths = {a.blob: a.sha256 for a in arts}  # each blob path made once (a property)
         kept = _retained(
-            prev, set(current) | blob_paths, tree, now,
+            prev, current.keys() | blob_paths.keys(), tree, now,
             timedelta(days=config.by_hash_keep_days),
         )
-        listed = {**kept, **current}
+        listed = current  # and the kept ones: no copy of 250,000 entries
+        listed.update(kept)
 
-        provenance = _provenance(keys, arts, listed, layout_job.result())
+        provenance = _provenance(keys, arts, listed, blob_paths, layout_job.result())
         for path in sorted(provenance):  # popped: the staged copy is the only one left
             stage(path, provenance.pop(path), tops)
             listed[path] = current[path]
@@ -614,7 +615,7 @@ def build(
                 cache.record(item.artifact, item.stamp, metadata_sizes.get(item.artifact.path))
 
         phase("pruning")
-        keep = set(listed) | blob_paths | {INDEX, *signatures}
+        keep = listed.keys() | blob_paths.keys() | {INDEX, *signatures}
         # OUT held nothing before a first build and the cache vouched for nothing: all there is
         # was written and listed by this build (a walk of 25,000 files is 0.3 s)
         fresh_tree = prev is None and not any(item.cached for item in ingested)
@@ -685,10 +686,29 @@ def _layout(keys_job: Future[KeySet], expires: datetime) -> bytes | None:
     return intoto.make_layout(keys.owner_key, keys.builder_public, expires=expires)
 
 
+class _Products(Mapping[str, str]):
+    """Path -> SHA-256 of every file the build wrote: the blobs, then the listed files."""
+
+    def __init__(self, blobs: dict[str, str], listed: dict[str, FileEntry]) -> None:
+        self._blobs, self._listed = blobs, listed
+
+    def __getitem__(self, path: str) -> str:
+        entry = self._listed.get(path)
+        return entry.sha256 if entry is not None else self._blobs[path]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._blobs
+        yield from (p for p in self._listed if p not in self._blobs)
+
+    def __len__(self) -> int:
+        return len(self._blobs) + sum(1 for p in self._listed if p not in self._blobs)
+
+
 def _provenance(
     keys: KeySet,
     arts: list[Artifact],
     listed: dict[str, FileEntry],
+    blobs: dict[str, str],
     layout: bytes | None,
 ) -> dict[str, bytes | bytearray]:
     """in-toto: the owner's layout and the builder's link for this build."""
@@ -698,12 +718,10 @@ def _provenance(
     from repobuild.signing import intoto
 
     materials = {a.path: a.sha256 for a in arts}
-    products = {a.blob: a.sha256 for a in arts}
-    products.update({p: f.sha256 for p, f in listed.items()})
     link_name, link = intoto.make_link(
         keys.builder_key,
         materials=materials,
-        products=products,
+        products=_Products(blobs, listed),  # a view: 350,000 entries are not copied
         command=["repobuild", "build"],
     )
     return {"in-toto/root.layout": layout, f"in-toto/{link_name}": link}

@@ -132,7 +132,9 @@ class OutTree:
         """Write ``data`` aside (unless OUT already holds exactly these bytes) and return
         (size, sha256) at once; :meth:`commit_many` puts it in place later, by a rename."""
         size, digest = len(data), hashlib.sha256(data).hexdigest()
-        if self._workers is None:
+        if self._workers is None or size > STAGE_BATCH_BYTES:
+            # a large file (the in-toto link, Packages at 100,000 packages) is written here:
+            # sending it to a worker would hold a pickled copy as well
             self._staged.update(write_aside(str(self.root), [(rel, data)]))
             return size, digest
         self._batch.append((rel, data))
@@ -224,11 +226,9 @@ def write_aside(
             out.append((rel, LANDED))
             continue
         try:
-            if os.stat(dest).st_size == len(data):
-                with open(dest, "rb") as fh:
-                    if fh.read() == data:
-                        out.append((rel, None))
-                        continue
+            if os.stat(dest).st_size == len(data) and _same_bytes(dest, data):
+                out.append((rel, None))
+                continue
         except OSError:
             pass
         name = uuid.uuid4().hex
@@ -247,3 +247,16 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def _same_bytes(path: str, data: bytes | bytearray) -> bool:
+    """Whether ``path`` holds ``data``, read a piece at a time (the in-toto link is ~50 MB at
+    100,000 artifacts: reading it whole to compare held it twice)."""
+    view = memoryview(data)
+    pos = 0
+    with open(path, "rb", buffering=0) as fh:
+        while chunk := fh.read(1 << 20):
+            if view[pos:pos + len(chunk)] != chunk:
+                return False
+            pos += len(chunk)
+    return pos == len(data)

@@ -356,8 +356,13 @@ def make_link(
             _check_entry(path, digest, "material")
         for path, digest in products.items():
             _check_entry(path, digest, "product")
-        signed_bytes = _canonical_link(command, step, materials, products)
+        # room is kept in front for the document's head, whose length is known (an Ed25519
+        # signature is always 128 hex digits), so the link is never copied whole
+        dummy = {"keyid": signer.public_key.keyid, "sig": "0" * 128}
+        reserve = len(_dumps({"signatures": [dummy]})) - 2 + len(b',"signed":')
+        signed_bytes = _canonical_link(command, step, materials, products, reserve=reserve)
     else:
+        reserve = 0
         signed_bytes = _canonical_bytes({
             "_type": "link",
             "byproducts": {},
@@ -368,7 +373,7 @@ def make_link(
             "products": _artifacts(products, "product"),
         })
     try:
-        signature = signer.sign(signed_bytes)  # bytes-like: no copy of a 50 MB link
+        signature = signer.sign(memoryview(signed_bytes)[reserve:])  # bytes-like: no copy
     except Exception as exc:
         raise ValidationError(f"cannot sign the in-toto link: {exc}") from exc
     name = f"{step}.{signer.public_key.keyid[:8]}.link"
@@ -379,15 +384,19 @@ def make_link(
         return name, _dumps({"signatures": [signature.to_dict()],
                              "signed": json.loads(signed_bytes)})
     assert isinstance(signed_bytes, bytearray)
-    signed_bytes[0:0] = head + b',"signed":'  # the document around it, in the same buffer
+    # the document's head into the room kept for it (in place when the length is as expected;
+    # a signer with another signature length costs one move of the buffer)
+    signed_bytes[:reserve] = head + b',"signed":'
     signed_bytes += b"}\n"
     return name, signed_bytes
 
 
 def _canonical_link(
-    command: Sequence[str], step: str, materials: Mapping[str, str], products: Mapping[str, str]
+    command: Sequence[str], step: str, materials: Mapping[str, str], products: Mapping[str, str],
+    *, reserve: int = 0,
 ) -> bytearray:
-    """The canonical JSON of a link's signed part, for strings without control characters."""
+    """The canonical JSON of a link's signed part, for strings without control characters,
+    after ``reserve`` bytes of room."""
 
     def text(value: str) -> bytes:
         return json.dumps(value, ensure_ascii=False).encode("utf-8")
@@ -403,7 +412,8 @@ def _canonical_link(
             out.extend(b'"}')
         out.extend(b"}")
 
-    out = bytearray(b'{"_type":"link","byproducts":{},"command":')
+    out = bytearray(reserve)
+    out.extend(b'{"_type":"link","byproducts":{},"command":')
     out.extend(json.dumps(list(command), ensure_ascii=False, separators=(",", ":")).encode())
     out.extend(b',"environment":{},"materials":')
     artifacts(materials)
