@@ -12,7 +12,6 @@ import errno
 import hashlib
 import os
 import shutil
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +30,7 @@ from repobuild.formats.pydist import (
     zip_sdist_info,
 )
 from repobuild.model import Artifact
+from repobuild.store import temp_name, write_all
 
 CHUNK = 1 << 20
 
@@ -217,7 +217,7 @@ class _Sink:
             except OSError:
                 self.fd = -1
         if self.fd < 0:
-            self.name = _temp_name(root)
+            self.name = temp_name(root)
             self.fd = os.open(self.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
     def place(self, dest: str) -> bool:
@@ -261,18 +261,12 @@ def _link_fd(fd: int, dest: str) -> None:
 
 def _copy_out(sink: int, chunk: bytes) -> None:
     try:
-        _write_all(sink, chunk)
+        write_all(sink, chunk)
     except OSError as exc:  # not the source's fault: a full or failing OUT
         raise RepobuildError(f"cannot write to OUT: {exc.strerror or exc}") from None
 
 
 _TMPFILE = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _rename(temp: str, dest: str) -> bool:
@@ -299,7 +293,7 @@ def _link(src: str, dest: str, root: str) -> bool:
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
-        tmp = _temp_name(root)  # another filesystem: copy aside, then rename
+        tmp = temp_name(root)  # another filesystem: copy aside, then rename
         shutil.copyfile(src, tmp)
         return _rename(tmp, dest)
     return True
@@ -317,7 +311,7 @@ def _write_once(path: str, data: bytes, root: str) -> bool:
         with open(path, "rb") as fh:
             if fh.read() == data:
                 return False
-        tmp = _temp_name(root)
+        tmp = temp_name(root)
         with open(tmp, "wb") as out:
             out.write(data)
         os.chmod(tmp, 0o644)
@@ -325,12 +319,7 @@ def _write_once(path: str, data: bytes, root: str) -> bool:
         return False
     try:
         os.fchmod(fd, 0o644)
-        _write_all(fd, data)
+        write_all(fd, data)
     finally:
         os.close(fd)
     return True
-
-
-def _temp_name(root: str) -> str:
-    name = uuid.uuid4().hex
-    return f"{root}/.repobuild/tmp/{name[0]}/{name}"

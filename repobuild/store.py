@@ -82,10 +82,7 @@ class OutTree:
             shutil.rmtree(self._created_top or self.root, ignore_errors=True)
 
     def temp_path(self) -> Path:
-        # spread over 16 folders: creating files in one folder serialises on its lock, and a
-        # build creates one temporary file per new blob and per rendered page
-        name = uuid.uuid4().hex
-        return self.tmp / name[0] / name
+        return Path(temp_name(str(self.root)))
 
     # -- writing ---------------------------------------------------------------------------
     def path(self, rel: str) -> Path:
@@ -220,7 +217,7 @@ def write_aside(
         if fd >= 0:
             try:
                 os.fchmod(fd, 0o644)
-                _write_all(fd, data)
+                write_all(fd, data)
             finally:
                 os.close(fd)
             out.append((rel, LANDED))
@@ -231,19 +228,25 @@ def write_aside(
                 continue
         except OSError:
             pass
-        name = uuid.uuid4().hex
-        tmp = f"{root}/{STATE_DIR}/tmp/{name[0]}/{name}"
+        tmp = temp_name(root)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.fchmod(fd, 0o644)
-            _write_all(fd, data)
+            write_all(fd, data)
         finally:
             os.close(fd)
         out.append((rel, tmp))
     return out
 
 
-def _write_all(fd: int, data: bytes | bytearray) -> None:
+def temp_name(root: str) -> str:
+    """A new name in OUT/.repobuild/tmp, spread over 16 folders: creating files in one folder
+    serialises on its lock, and a build may create one per new blob and per rendered page."""
+    name = uuid.uuid4().hex
+    return f"{root}/{STATE_DIR}/tmp/{name[0]}/{name}"
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
