@@ -128,7 +128,7 @@ def _ingest_all(
         if art is not None and (art.kind != "wheel" or cache.metadata_size(sf.rel) is not None):
             # its blob is taken to be in OUT: checked against the walk of OUT at the end (a stat
             # per file here cost more than the rest of an unchanged rebuild)
-            slots[pos] = Ingested(art, None, cached=True, src=sf.path)
+            slots[pos] = Ingested(art, cached=True, src=sf.path)
         else:
             todo.append(pos)
     done = len(files) - len(todo)

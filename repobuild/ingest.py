@@ -1,4 +1,4 @@
-"""Read each SOURCE file once: hash it, copy it to a temporary blob and inspect it, in one pass;
+"""Read each SOURCE file once: hash it, copy it (unless hard-linked) and inspect it, in one pass;
 then put the blob (and a wheel's PEP 658 metadata) in place under its SHA-256.
 
 Placing a new blob early is safe: no index names it until the build's index.json lands, a blob
@@ -42,7 +42,6 @@ class _Feeder(Protocol):
 @dataclass(slots=True)
 class Ingested:
     artifact: Artifact
-    temp: str | None  # unused since blobs are placed by ingest_into (always None)
     cached: bool = False  # known from the build cache: not read at all
     stamp: Stamp | None = None  # the file's size, mtime, ctime, inode after reading
     src: str | None = None  # the file that was read
@@ -111,7 +110,7 @@ def ingest(src: str | Path, rel: str, sink: int | None, *, sha512: bool = False)
         _inspect(art, kind, inspector, src)
     except (DebError, DistError) as exc:
         raise ValidationError(str(exc), rel) from None
-    return Ingested(art, None, stamp=Stamp.of(after), src=str(src))
+    return Ingested(art, stamp=Stamp.of(after), src=str(src))
 
 
 def _inspect(art: Artifact, kind: str, inspector: _Feeder | None, src: str | Path) -> None:

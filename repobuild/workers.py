@@ -16,7 +16,7 @@ import ctypes.util
 import multiprocessing
 import os
 import signal
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 #: fewer files than this are read in the build's own process: forking costs more than it saves
@@ -65,10 +65,6 @@ class Workers:
             )
             # forks every worker now (the fork start method starts them all at once)
             self._pool.submit(_ready).result()
-
-    @property
-    def executor(self) -> Executor | None:
-        return self._pool
 
     def submit(self, fn: Any, *args: Any) -> Future[Any]:
         assert self._pool is not None
