@@ -33,15 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="one more cold build under py-spy; print its hot spots")
     args = common.parse(ap, argv)
-    print(f"machine: {common.machine_line()}; {common.load_line()}", flush=True)
-    corpus = common.prepare_corpus(args)
+    corpus, scratch, bench = common.start(args, "build-bench")
     peers = common.find_peers(install=not args.no_install, venv=args.peers_venv)
     for name, why in sorted(peers.missing.items()):
         print(f"peer missing: {name}: {why}", flush=True)
-    scratch = args.work / f"build-bench-n{args.n}"
-    rmtree(scratch)
-    scratch.mkdir(parents=True)
-    bench = Bench(args.repeat)
     added: list[Path] = []
     try:
         run_all(bench, corpus, peers, scratch, args, added)
@@ -50,15 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             path.unlink(missing_ok=True)
         if not args.keep:
             rmtree(scratch)
-    title = (f"build_bench N={args.n} ({corpus.total_bytes / 1e6:,.0f} MB, "
-             f"avg {args.avg_kb:g} KB, seed {args.seed}, best of {bench.repeat})")
-    notes = bench.notes + [f"{k}: {v}" for k, v in sorted(peers.missing.items())]
-    section = common.append_results(
-        title, ["measurement", "set", "s", "ratio", "floor", "notes"],
-        [r.cells() for r in bench.rows], notes=notes, path=common.results_path(args.results),
-    )
-    print()
-    print(section)
+    common.report("build_bench", args, corpus, bench,
+                  notes=bench.notes + [f"{k}: {v}" for k, v in sorted(peers.missing.items())])
     return 1 if bench.figures_failed else 0
 
 

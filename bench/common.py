@@ -566,3 +566,31 @@ def prepare_corpus(args: argparse.Namespace) -> corpus_mod.Corpus:
     print(f"corpus: {len(corpus.files)} artifacts ({counts}), "
           f"{corpus.total_bytes / 1e6:,.1f} MB, {verb}: {folder}", flush=True)
     return corpus
+
+
+# -- what every bench script does first and last -----------------------------------------------
+COLUMNS = ["measurement", "set", "s", "ratio", "floor", "notes"]
+
+
+def start(args: argparse.Namespace, name: str) -> tuple[corpus_mod.Corpus, Path, Bench]:
+    """Print the machine line, prepare the corpus and an empty scratch folder
+    ``WORK/<name>-n<N>``; return (corpus, scratch, bench)."""
+    print(f"machine: {machine_line()}; {load_line()}", flush=True)
+    corpus = prepare_corpus(args)
+    scratch = args.work / f"{name}-n{args.n}"
+    rmtree(scratch)
+    scratch.mkdir(parents=True)
+    return corpus, scratch, Bench(args.repeat)
+
+
+def report(name: str, args: argparse.Namespace, corpus: corpus_mod.Corpus, bench: Bench, *,
+           title_extra: str = "", notes: Sequence[str] | None = None) -> str:
+    """Append the bench's table to --results (bench/RESULTS.md) and print it."""
+    title = (f"{name} N={args.n} ({corpus.total_bytes / 1e6:,.0f} MB, avg {args.avg_kb:g} KB, "
+             f"seed {args.seed}, best of {bench.repeat}{title_extra})")
+    section = append_results(title, COLUMNS, [r.cells() for r in bench.rows],
+                             notes=bench.notes if notes is None else notes,
+                             path=results_path(args.results))
+    print()
+    print(section)
+    return section

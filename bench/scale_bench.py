@@ -15,19 +15,14 @@ import sys
 from functools import partial
 
 import common
-from common import Bench, CommandFailed, Row, rmtree, timed
+from common import CommandFailed, Row, rmtree, timed
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = common.arg_parser(__doc__ or "", default_n=100_000, default_kb=2.0)
     args = common.parse(ap, argv)
-    print(f"machine: {common.machine_line()}; {common.load_line()}", flush=True)
-    corpus = common.prepare_corpus(args)
-    scratch = args.work / f"scale-bench-n{args.n}"
+    corpus, scratch, bench = common.start(args, "scale-bench")
     out = scratch / "out"
-    rmtree(scratch)
-    scratch.mkdir(parents=True)
-    bench = Bench(args.repeat)
     t = args.timeout
     completed = False
     try:
@@ -69,17 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             rmtree(scratch)
-    title = (f"scale_bench N={args.n} ({corpus.total_bytes / 1e6:,.0f} MB, "
-             f"avg {args.avg_kb:g} KB, seed {args.seed}, best of {bench.repeat})")
     if not completed:
         bench.notes.insert(0, f"the cold build of {args.n} artifacts did NOT complete")
-    section = common.append_results(
-        title, ["measurement", "set", "s", "ratio", "floor", "notes"],
-        [r.cells() for r in bench.rows], notes=bench.notes,
-        path=common.results_path(args.results),
-    )
-    print()
-    print(section)
+    common.report("scale_bench", args, corpus, bench)
     return 0 if completed and not bench.figures_failed else 1
 
 

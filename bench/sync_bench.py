@@ -30,7 +30,7 @@ from functools import partial
 from pathlib import Path
 
 import common
-from common import Bench, CommandFailed, Row, rmtree, timed
+from common import CommandFailed, Row, rmtree, timed
 
 NOOP_TARGET_N = 10_000
 NOOP_TARGET_S = 1.0
@@ -88,13 +88,8 @@ def damage(mirror: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = common.arg_parser(__doc__ or "")
     args = common.parse(ap, argv)
-    print(f"machine: {common.machine_line()}; {common.load_line()}", flush=True)
-    corpus = common.prepare_corpus(args)
-    scratch = args.work / f"sync-bench-n{args.n}"
+    corpus, scratch, bench = common.start(args, "sync-bench")
     out, mirror = scratch / "out", scratch / "mirror"
-    rmtree(scratch)
-    scratch.mkdir(parents=True)
-    bench = Bench(args.repeat)
     t = args.timeout
     server: subprocess.Popen[bytes] | None = None
     try:
@@ -178,16 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             stop(server)
         if not args.keep:
             rmtree(scratch)
-    title = (f"sync_bench N={args.n} ({corpus.total_bytes / 1e6:,.0f} MB, "
-             f"avg {args.avg_kb:g} KB, seed {args.seed}, best of {bench.repeat}; "
-             f"no-op best of {max(3, bench.repeat)})")
-    section = common.append_results(
-        title, ["measurement", "set", "s", "ratio", "floor", "notes"],
-        [r.cells() for r in bench.rows], notes=bench.notes,
-        path=common.results_path(args.results),
-    )
-    print()
-    print(section)
+    common.report("sync_bench", args, corpus, bench,
+                  title_extra=f"; no-op best of {max(3, bench.repeat)}")
     return 1 if bench.figures_failed or bench.checks_failed else 0
 
 

@@ -16,19 +16,14 @@ import statistics
 import sys
 
 import common
-from common import Bench, CommandFailed, Row, Run, best_of, rmtree, settle, timed
+from common import CommandFailed, Row, Run, best_of, rmtree, settle, timed
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = common.arg_parser(__doc__ or "")
     args = common.parse(ap, argv)
-    print(f"machine: {common.machine_line()}; {common.load_line()}", flush=True)
-    corpus = common.prepare_corpus(args)
-    scratch = args.work / f"verify-bench-n{args.n}"
+    corpus, scratch, bench = common.start(args, "verify-bench")
     out = scratch / "out"
-    rmtree(scratch)
-    scratch.mkdir(parents=True)
-    bench = Bench(args.repeat)
     t = args.timeout
     try:
         build = common.repobuild_cmd("build", corpus.root, "--out", out, "--keys", args.keys,
@@ -75,15 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             rmtree(scratch)
-    title = (f"verify_bench N={args.n} ({corpus.total_bytes / 1e6:,.0f} MB, "
-             f"avg {args.avg_kb:g} KB, seed {args.seed}, best of {bench.repeat})")
-    section = common.append_results(
-        title, ["measurement", "set", "s", "ratio", "floor", "notes"],
-        [r.cells() for r in bench.rows], notes=bench.notes,
-        path=common.results_path(args.results),
-    )
-    print()
-    print(section)
+    common.report("verify_bench", args, corpus, bench)
     return 1 if bench.figures_failed else 0
 
 
