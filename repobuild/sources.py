@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from repobuild.errors import UsageError
+from repobuild.store import iter_tree
 
 CHUNK = 1 << 20
 BUFFER = 1 << 18  # the read buffer of hash_file: fits the L2 cache, reused for every file
@@ -103,29 +104,11 @@ def walk_files(
     """Call ``visit`` with the relative POSIX path of every file below ``root`` (what
     ``os.walk`` lists: symbolic links to folders are not followed, unreadable folders are
     skipped), leaving out the top-level ``.repobuild`` folder; ``tick`` after each folder."""
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        files: list[str] = []
-        folders: list[str] = []
-        try:
-            with os.scandir(os.path.join(root, rel) if rel else root) as entries:
-                for entry in entries:
-                    try:
-                        is_dir = entry.is_dir()
-                    except OSError:
-                        is_dir = False
-                    if not is_dir:
-                        files.append(rel + entry.name)
-                    elif not (rel == "" and entry.name == ".repobuild") and (
-                        not entry.is_symlink()
-                    ):
-                        folders.append(rel + entry.name + "/")
-        except OSError:
+    for _folder, files, folders in iter_tree(root):
+        if folders is None:
             continue  # as os.walk: a folder that cannot be read is left out, with its files
         for path in files:
             visit(path)
-        stack += folders
         if tick is not None:
             tick()
 

@@ -13,11 +13,15 @@ import os
 import shutil
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from repobuild.errors import UsageError
-from repobuild.workers import Workers
+
+if TYPE_CHECKING:
+    from repobuild.workers import Workers
 
 STATE_DIR = ".repobuild"
 LANDED = "/"  # a staged file that was written in place already
@@ -107,15 +111,8 @@ class OutTree:
     def walk(self) -> list[str]:
         """Every file below OUT except local state, as relative paths."""
         out: list[str] = []
-        root = str(self.root)
-        cut = len(root) + 1
-        for dirpath, dirnames, filenames in os.walk(root):
-            if dirpath == root:
-                dirnames[:] = [d for d in dirnames if d != STATE_DIR]
-                out.extend(filenames)
-                continue
-            prefix = dirpath[cut:] + "/"
-            out.extend(prefix + name for name in filenames)
+        for _folder, files, _folders in iter_tree(str(self.root)):
+            out += files
         return sorted(out)
 
     # -- staging: render now, land later -----------------------------------------------------
@@ -189,6 +186,44 @@ class OutTree:
             except OSError:
                 break
             parent = parent.parent
+
+
+def iter_tree(
+    root: str, skip: str = STATE_DIR
+) -> Iterator[tuple[str, list[str], list[str] | None]]:
+    """Folder by folder below ``root``, as ``os.walk`` sees the tree (a symbolic link to a
+    folder is neither followed nor a file), leaving out the top-level folder ``skip``: yields
+    (folder, its files, its subfolders), all relative with ``/`` ("" is ``root``); a folder
+    that cannot be read yields (folder, [], None) and is not entered."""
+    stack = [""]
+    while stack:
+        folder = stack.pop()
+        prefix = folder + "/" if folder else ""
+        files: list[str] = []
+        folders: list[str] = []
+        try:
+            with os.scandir(f"{root}/{folder}" if folder else root) as entries:
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir()
+                    except OSError:
+                        is_dir = False
+                    if not is_dir:
+                        files.append(prefix + entry.name)
+                        continue
+                    if not folder and entry.name == skip:
+                        continue
+                    try:
+                        link = entry.is_symlink()
+                    except OSError:
+                        link = False
+                    if not link:
+                        folders.append(prefix + entry.name)
+        except OSError:
+            yield folder, [], None
+            continue
+        yield folder, files, folders
+        stack += folders
 
 
 # -- run in a worker process (or in the build's own) ---------------------------------------------

@@ -80,7 +80,7 @@ from typing import TYPE_CHECKING, Any
 from repobuild.errors import UsageError, VerificationError
 from repobuild.mirror.cachepolicy import is_immutable
 from repobuild.sources import CHUNK, FetchError, FolderSource, HttpSource
-from repobuild.store import OutTree
+from repobuild.store import OutTree, iter_tree
 from repobuild.trust import SIGNATURE_FILES, SignatureResult, TrustPolicy, check_signatures
 
 if TYPE_CHECKING:
@@ -358,34 +358,12 @@ def _walk(root: Path, state_dir: str) -> _Walk:
     files: list[str] = []
     dirs = [""]
     complete = True
-    base = str(root)
-    stack = [""]
-    while stack:
-        prefix = stack.pop()
-        try:
-            entries = os.scandir(base + "/" + prefix if prefix else base)
-        except OSError:
+    for _folder, found, folders in iter_tree(str(root), state_dir):
+        if folders is None:
             complete = False
             continue
-        with entries:
-            for entry in entries:
-                try:
-                    is_dir = entry.is_dir()
-                except OSError:
-                    is_dir = False
-                if not is_dir:
-                    files.append(prefix + entry.name)
-                    continue
-                if not prefix and entry.name == state_dir:
-                    continue
-                try:
-                    link = entry.is_symlink()
-                except OSError:
-                    link = False
-                if not link:
-                    rel = prefix + entry.name
-                    dirs.append(rel)
-                    stack.append(rel + "/")
+        dirs += folders
+        files += found
     files.sort()
     dirs.sort()
     return _Walk(files, dirs, complete)
