@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as _dt
 import os
 import platform
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -181,6 +183,85 @@ def rmtree(path: Path) -> None:
         path.unlink()
     elif path.exists():
         shutil.rmtree(path)
+
+
+class Scratch:
+    """A bench run's scratch folder, where no big tree is deleted right before a timed step.
+
+    ext4's inode allocator skips inodes freed in the last 60-300 s (``find_inode_bit`` →
+    ``recently_deleted``): creating 40,000 files right after ``rm -rf`` of 40,000 others spent
+    97 % of its time in the kernel (a ``repobuild build --link`` took 13-15 s, not 5.5 s), and
+    ``cp -r`` is hit the same way. So every measured run writes into a folder name never used
+    before (:meth:`fresh`), trees done with are renamed into ``.trash`` (:meth:`discard`, one
+    rename) and the trash is deleted only after the last timed step (:meth:`empty`). When the
+    disk runs short (:meth:`room`), the trash's files are cut to 0 bytes: that frees their
+    blocks but not their inodes.
+    """
+
+    TRASH = ".trash"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.trash = path / self.TRASH
+        self._used: dict[str, int] = {}
+        self.notes: list[str] = []
+
+    def fresh(self, name: str) -> Path:
+        """``<scratch>/<name>-<k>`` for the next k never used in this run (not created)."""
+        while True:
+            k = self._used[name] = self._used.get(name, 0) + 1
+            path = self.path / f"{name}-{k}"
+            if not os.path.lexists(path):
+                return path
+
+    def discard(self, path: Path) -> None:
+        """Move ``path`` (if there) into the trash: a rename, nothing freed yet."""
+        if not os.path.lexists(path):
+            return
+        self.trash.mkdir(exist_ok=True)
+        k = 0
+        while os.path.lexists(dest := self.trash / f"{path.name}.{k}"):
+            k += 1
+        os.rename(path, dest)
+
+    def shrink(self) -> int:
+        """Cut every regular file in the trash that has no other name to 0 bytes; return the
+        bytes freed. Files with more than one link (hard links into the corpus: ``cp -rl``,
+        ``--link``, aptly's pool) are left alone."""
+        freed = 0
+        for dirpath, _dirs, files in os.walk(self.trash):
+            for name in files:
+                try:
+                    fd = os.open(os.path.join(dirpath, name), os.O_WRONLY | os.O_NOFOLLOW)
+                except OSError:  # a symlink, a socket…
+                    continue
+                try:
+                    st = os.fstat(fd)
+                    if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_size:
+                        os.ftruncate(fd, 0)
+                        freed += st.st_blocks * 512
+                finally:
+                    os.close(fd)
+        return freed
+
+    def room(self, need: int, what: str = "") -> None:
+        """Before a timed step that writes about ``need`` bytes: if the disk lacks them (plus
+        10 % and 1 GiB), shrink the trash (untimed; then sync). Noted in :attr:`notes`."""
+        want = need + need // 10 + (1 << 30)
+        free = shutil.disk_usage(self.path).free
+        if free >= want or not self.trash.exists():
+            return
+        freed = self.shrink()
+        os.sync()
+        text = (f"disk short before {what or 'a timed step'} ({free / 1e9:.1f} GB free, "
+                f"{want / 1e9:.1f} GB wanted): cut the trash's files to 0 bytes, "
+                f"{freed / 1e9:.1f} GB freed (inodes kept until the end)")
+        say(text)
+        self.notes.append(text)
+
+    def empty(self) -> None:
+        """Delete the trash: only after the last timed step."""
+        rmtree(self.trash)
 
 
 SYNC = True  # --no-sync turns it off
@@ -470,14 +551,19 @@ class Bench:
         self.add(Row(label, subset, None, note=f"FAILED: {clip(exc.run.why())}"))
         self.notes.append(f"{label} failed: `{exc.run.cmd}`: {exc.run.why()}")
 
-    def check(self, label: str, cmd: Sequence[str] | str, timeout: float | None) -> bool:
+    def check(self, label: str, cmd: Sequence[str] | str, timeout: float | None,
+              env: Mapping[str, str] | None = None) -> bool:
         """An untimed correctness check (say, verify after a rebuild): a failure is noted
         (``CHECK FAILED``), and does not stop the benchmark."""
-        run = timed(cmd, timeout=timeout, check=False)
-        if run.ok:
+        run = timed(cmd, timeout=timeout, check=False, env=env)
+        return self.verdict(label, None if run.ok else run.why())
+
+    def verdict(self, label: str, failure: str | None) -> bool:
+        """Print the outcome of an untimed check; a failure (its reason) is noted."""
+        if failure is None:
             print(f"{'check: ' + label:<46} ok", flush=True)
             return True
-        text = f"CHECK FAILED: {label}: {run.why()}"
+        text = f"CHECK FAILED: {label}: {failure}"
         print(text, flush=True)
         self.notes.append(text)
         self.checks_failed += 1
@@ -493,6 +579,31 @@ class Bench:
             runs.append(fn())
         return best_of(runs)
 
+    def measure_fresh(
+        self,
+        scratch: Scratch,
+        name: str,
+        fn: Callable[[Path], Run],
+        *,
+        need: int = 0,
+        prepare: Callable[[Path], None] | None = None,
+    ) -> tuple[Run, Path]:
+        """Best of ``repeat`` runs of ``fn(folder)``, each into a folder never used before
+        (``scratch.fresh(name)``; ``prepare(folder)`` untimed first); each earlier run's folder
+        goes to the trash, nothing is deleted. Returns the best run and the last folder."""
+        runs: list[Run] = []
+        last: Path | None = None
+        for _ in range(self.repeat):
+            if last is not None:
+                scratch.discard(last)
+            last = scratch.fresh(name)
+            scratch.room(need, name)
+            if prepare is not None:
+                prepare(last)
+            settle()
+            runs.append(fn(last))
+        assert last is not None
+        return best_of(runs), last
 
 
 # -- options and the corpus shared by the scripts --------------------------------------------
@@ -574,12 +685,22 @@ COLUMNS = ["measurement", "set", "s", "ratio", "floor", "notes"]
 
 def start(args: argparse.Namespace, name: str) -> tuple[corpus_mod.Corpus, Path, Bench]:
     """Print the machine line, prepare the corpus and an empty scratch folder
-    ``WORK/<name>-n<N>``; return (corpus, scratch, bench)."""
+    ``WORK/<name>-n<N>``; return (corpus, scratch, bench).
+
+    A scratch folder left by an earlier run (``--keep``, or killed) is not deleted here, right
+    before the timed steps (see :class:`Scratch`): it is renamed into the new one's trash,
+    which is deleted when the script exits (or earlier, by ``Scratch.empty``)."""
     print(f"machine: {machine_line()}; {load_line()}", flush=True)
     corpus = prepare_corpus(args)
     scratch = args.work / f"{name}-n{args.n}"
-    rmtree(scratch)
+    old = None
+    if os.path.lexists(scratch):
+        old = scratch.with_name(f"{scratch.name}.old-{os.getpid()}")
+        os.rename(scratch, old)
     scratch.mkdir(parents=True)
+    if old is not None:
+        Scratch(scratch).discard(old)
+    atexit.register(rmtree, scratch / Scratch.TRASH)
     return corpus, scratch, Bench(args.repeat)
 
 

@@ -10,6 +10,7 @@ import gzip
 import importlib
 import io
 import lzma
+import os
 import shutil
 import subprocess
 import sys
@@ -100,8 +101,65 @@ def test_corpus_is_valid_and_deterministic(tmp_path: Path) -> None:
     assert corpus.load(a.root, spec) is not None and not new.exists()  # dropped by load
 
 
+def _common() -> ModuleType:
+    _corpus()  # puts bench/ on sys.path
+    return importlib.import_module("common")
+
+
+def test_scratch_never_deletes_before_the_end(tmp_path: Path) -> None:
+    common = _common()
+    space = common.Scratch(tmp_path)
+    first = space.fresh("out")
+    assert first == tmp_path / "out-1"
+    first.mkdir()
+    (first / "a").write_bytes(b"x" * 10_000)
+    (tmp_path / "out-2").mkdir()  # taken by someone else: skipped
+    assert space.fresh("out") == tmp_path / "out-3"
+    assert space.fresh("other") == tmp_path / "other-1"
+
+    space.discard(first)
+    space.discard(tmp_path / "never-made")  # nothing there: nothing done
+    trashed = space.trash / "out-1.0"
+    assert not first.exists() and (trashed / "a").stat().st_size == 10_000
+
+    # short of disk: files of the trash are cut to 0 bytes, except those linked elsewhere
+    keep = tmp_path / "corpus-file"
+    keep.write_bytes(b"y" * 10_000)
+    os.link(keep, trashed / "linked")
+    os.symlink(keep, trashed / "symlink")
+    space.room(1 << 62, "a huge step")
+    assert (trashed / "a").exists() and (trashed / "a").stat().st_size == 0
+    assert keep.read_bytes() == b"y" * 10_000
+    assert space.notes and "a huge step" in space.notes[0]
+
+    space.empty()
+    assert not space.trash.exists() and keep.exists()
+    assert not space.notes[1:]
+
+
+def test_measure_fresh_uses_new_folders(tmp_path: Path) -> None:
+    common = _common()
+    space = common.Scratch(tmp_path)
+    bench = common.Bench(3)
+    seen: list[Path] = []
+
+    def run(out: Path) -> object:
+        assert not out.exists()
+        seen.append(out)
+        out.mkdir()
+        return common.timed(["true"])
+
+    _run, last = bench.measure_fresh(space, "x", run, prepare=lambda p: None)
+    assert seen == [tmp_path / f"x-{k}" for k in (1, 2, 3)] and last == seen[-1]
+    assert last.is_dir() and not seen[0].exists()
+    assert sorted(p.name for p in space.trash.iterdir()) == ["x-1.0", "x-2.0"]
+
+
 def test_build_bench_smoke(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
+    stale = tmp_path / "build-bench-n120" / "out-copy-1"  # left by an earlier run
+    stale.mkdir(parents=True)
+    (stale / "file").write_text("old")
     out = _run("build_bench.py", "120", "--no-install", work=tmp_path, results=results)
     assert "repobuild build, cold (copy)" in out
     text = results.read_text()
