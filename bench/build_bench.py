@@ -5,16 +5,18 @@
 Generates (or reuses, under bench/work/) a corpus of N artifacts, then times on the same,
 page-cache-warm files: the hashing floor (openssl, 2 processes), cp -r, repobuild cold builds
 (copy and --link), repobuild rebuilds (nothing changed; one .deb added), apt-ftparchive,
-aptly, reprepro (debs only), simple503 and dumb-pypi (wheels only). Each figure is printed with
-its ratio to the floor of the same work, and the table is appended to bench/RESULTS.md.
-See bench/README.md for what each figure means.
+aptly and reprepro (debs only; each unsigned and signed with the demo key), simple503 and
+dumb-pypi (wheels only). Each figure is printed with its ratio to the floor of the same work,
+and the table is appended to bench/RESULTS.md. See bench/README.md for what each figure means.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -39,9 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peer missing: {name}: {why}", flush=True)
     added: list[Path] = []
     space = Scratch(scratch)
+    gpg = PeerGpg(scratch, args.keys, args.timeout)
     try:
-        run_all(bench, corpus, peers, space, args, added)
+        if peers.has("aptly") or peers.has("reprepro"):
+            gpg.setup()
+        run_all(bench, corpus, peers, space, gpg, args, added)
     finally:
+        gpg.close()
         for path in added:
             path.unlink(missing_ok=True)
         space.empty()  # after the last timed step, never before one (see common.Scratch)
@@ -58,6 +64,7 @@ def run_all(
     corpus: corpus_mod.Corpus,
     peers: Peers,
     space: Scratch,
+    gpg: PeerGpg,
     args: argparse.Namespace,
     added: list[Path],
 ) -> None:
@@ -65,8 +72,8 @@ def run_all(
     scratch = space.path
     deb_dir, wheel_dir = src / "deb", src / "wheel"
     t = args.timeout
-    size = {"all": corpus.total_bytes, "deb": common.files_bytes(deb_dir)[1],
-            "wheel": common.files_bytes(wheel_dir)[1]}
+    size = {"all": corpus.total_bytes, "deb": corpus.bytes_of("deb"),
+            "wheel": corpus.bytes_of("wheel")}
     bench.notes.append(
         "Every timed run writes into a folder name never used before; replaced trees are "
         "renamed aside and deleted after the last timed step (ext4 skips inodes freed in the "
@@ -128,6 +135,10 @@ def run_all(
 
     # ---- peers, initial state (the N debs / wheels) ----------------------------------------
     # Each repeat into a folder never used before; the last one is the one "+1" adds to.
+    # repobuild's rule: every architecture of the debs but "all" (amd64 if none), the "all"
+    # packages listed under each
+    arches = sorted({p.stem.rsplit("_", 1)[-1] for p in corpus.paths("deb")} - {"all"}) or [
+        "amd64"]
     ftp = scratch / "apt-ftparchive"
     ftp.mkdir()
     ftp_cmd = (f"cd {shlex.quote(str(src))} && apt-ftparchive packages deb > "
@@ -153,66 +164,31 @@ def run_all(
     else:
         bench.missing("apt-ftparchive", "deb", peers.missing["apt-ftparchive"])
 
-    aptly_root = scratch / "aptly"
-
-    def aptly(root: Path, *a: str) -> str:
-        return shlex.join([peers.tools["aptly"], f"-config={root / 'aptly.conf'}", *a])
-
-    aptly_ok = False
-    if peers.has("aptly"):
-        def aptly_cmd(root: Path) -> str:
-            return " && ".join([
-                aptly(root, "repo", "create", "-distribution=stable", "-component=main",
-                      "bench"),
-                aptly(root, "repo", "add", "bench", str(deb_dir)),
-                aptly(root, "publish", "repo", "-skip-signing", "-skip-contents",
-                      "-architectures=amd64", "bench"),
-            ])
-
-        def aptly_prepare(root: Path) -> None:
-            root.mkdir()
-            (root / "aptly.conf").write_text(
-                '{"rootDir": "%s", "gpgDisableSign": true, "gpgDisableVerify": true}\n'
-                % (root / "root")
-            )
-
-        def aptly_cold() -> Run:
-            nonlocal aptly_root
-            run, aptly_root = bench.measure_fresh(
-                space, "aptly", lambda r: timed(aptly_cmd(r), timeout=t), need=size["deb"],
-                prepare=aptly_prepare)
-            return run
-
-        aptly_ok = peer(bench, "aptly repo create + add N + publish", "deb", deb_copy,
-                        "openssl + cp -r deb", aptly_cold)
-    else:
-        bench.missing("aptly", "deb", peers.missing["aptly"])
-
-    repre = scratch / "reprepro"
-    reprepro_ok = False
-    if peers.has("reprepro"):
-        def reprepro_prepare(base: Path) -> None:
-            (base / "conf").mkdir(parents=True)
-            (base / "conf" / "distributions").write_text(
-                "Codename: stable\nSuite: stable\nComponents: main\nArchitectures: amd64\n"
-            )
-
-        def rp_cmd(base: Path) -> str:
-            return (f"find {shlex.quote(str(deb_dir))} -name '*.deb' -print0 | xargs -0 -r "
-                    f"{shlex.quote(peers.tools['reprepro'])} -b {shlex.quote(str(base))} "
-                    "--silent includedeb stable")
-
-        def reprepro_cold() -> Run:
-            nonlocal repre
-            run, repre = bench.measure_fresh(
-                space, "reprepro", lambda b: timed(rp_cmd(b), timeout=t), need=size["deb"],
-                prepare=reprepro_prepare)
-            return run
-
-        reprepro_ok = peer(bench, "reprepro includedeb N (+ export)", "deb", deb_copy,
-                           "openssl + cp -r deb", reprepro_cold)
-    else:
-        bench.missing("reprepro", "deb", peers.missing["reprepro"])
+    # aptly and reprepro, unsigned (as they are often benchmarked) and signed with the demo key,
+    # as repobuild always signs; each over the same architectures as repobuild's apt index
+    apt_tools: list[AptPeer] = []
+    for kind in ("unsigned", "signed"):
+        for exe in ("aptly", "reprepro"):
+            if not peers.has(exe):
+                if kind == "unsigned":
+                    bench.missing(exe, "deb", peers.missing[exe])
+            elif kind == "signed" and not gpg.ok:
+                bench.missing(f"{exe}, signed", "deb", gpg.why)
+            else:
+                cls = AptlyPeer if exe == "aptly" else RepreproPeer
+                apt_tools.append(cls(peers.tools[exe], deb_dir, arches,
+                                     gpg if kind == "signed" else None))
+    apt_tools.sort(key=lambda p: p.order)  # each tool's signed row right below its unsigned
+    apt_repos: list[tuple[AptPeer, Path]] = []  # the ones that took the N debs, and where
+    for tool in apt_tools:
+        try:
+            run, root = bench.measure_fresh(space, tool.folder, partial(tool.cold, timeout=t),
+                                            need=size["deb"], prepare=tool.prepare)
+        except CommandFailed as exc:
+            bench.failed(tool.cold_label, "deb", exc)
+            continue
+        bench.add(Row(tool.cold_label, "deb", run, "openssl + cp -r deb", deb_copy, tool.note))
+        apt_repos.append((tool, root))
 
     if peers.has("simple503"):
         def s503_cmd(out: Path) -> list[str]:
@@ -260,21 +236,9 @@ def run_all(
     if peers.has("apt-ftparchive"):
         incremental.append(("apt-ftparchive --db, +1 deb", "deb", deb_floor, "openssl deb",
                             lambda _new: timed(db_cmd(ftp_db), timeout=t)))
-    if aptly_ok:
-        def aptly_add(new: Path) -> Run:
-            return timed(aptly(aptly_root, "repo", "add", "bench", str(new)) + " && " + aptly(
-                aptly_root, "publish", "update", "-skip-signing", "-skip-contents", "stable"),
-                timeout=t)
-
-        incremental.append(("aptly repo add 1 + publish update", "deb", deb_copy,
-                            "openssl + cp -r deb", aptly_add))
-    if reprepro_ok:
-        def reprepro_add(new: Path) -> Run:
-            return timed([peers.tools["reprepro"], "-b", str(repre), "--silent", "includedeb",
-                          "stable", str(new)], timeout=t)
-
-        incremental.append(("reprepro includedeb 1 (+ export)", "deb", deb_copy,
-                            "openssl + cp -r deb", reprepro_add))
+    for tool, root in apt_repos:
+        incremental.append((tool.add_label, "deb", deb_copy, "openssl + cp -r deb",
+                            partial(tool.add, root, timeout=t)))
     runs: dict[str, list[Run]] = {label: [] for label, *_ in incremental}
     broken: set[str] = set()
     for k in range(1, bench.repeat + 1):
@@ -293,14 +257,189 @@ def run_all(
         if runs[label] and label not in broken:
             run = best_of(runs[label])
             note = f"peak RSS {run.rss_mb:.0f} MB" if label.startswith("repobuild") else ""
+            note += next((tool.note for tool, _ in apt_repos if tool.add_label == label), "")
             bench.add(Row(label, subset, run, fl_name, fl, note))
     if runs.get("repobuild rebuild, +1 deb"):
         bench.check("repobuild verify after the rebuilds",
                     common.repobuild_cmd("verify", out_copy, "--trust", args.trust), t)
+    # untimed: the peers indexed what repobuild did (same architectures, same packages), and
+    # the signed ones made signatures that gpgv accepts with the demo public key
+    checks_before = bench.checks_failed
+    deb_arch = [p.stem.rsplit("_", 1)[-1] for p in corpus.paths("deb") + added]
+    want = {f"main/binary-{a}": sum(1 for d in deb_arch if d in (a, "all")) for a in arches}
+    trees = [("repobuild", out_copy / "dists" / "stable", False)]
+    trees += [(tool.name, tool.dists(root), tool.gpg is not None) for tool, root in apt_repos]
+    for name, dists, signed in trees:
+        found = apt_index(dists)
+        bench.verdict(f"{name}: indexes {', '.join(f'{v} in {k}' for k, v in want.items())}",
+                      None if found == want else f"indexes {found}")
+        if signed:
+            for what, files in (("InRelease", [dists / "InRelease"]),
+                                ("Release.gpg", [dists / "Release.gpg", dists / "Release"])):
+                bench.check(f"{name}: gpgv {what}",
+                            ["gpgv", "--keyring", str(gpg.keyring), *map(str, files)], t)
+    if bench.checks_failed == checks_before and apt_repos:
+        bench.notes.append(
+            "Checked (untimed) after the +1 rounds: repobuild and each apt peer list the same "
+            f"packages under the same architectures ({', '.join(want)}); the signed peers' "
+            "InRelease and Release.gpg pass gpgv with keys.example/gpg/public.asc.")
     space.discard(out_copy)
 
     if args.profile:
         profile(bench, peers, space, src, keys, t)
+
+
+class PeerGpg:
+    """The demo OpenPGP key (KEYS/gpg/secret.asc) in a throwaway GNUPGHOME, for the peers that
+    sign; its public key, dearmored, is ``keyring`` (for gpgv)."""
+
+    def __init__(self, scratch: Path, keys: Path, timeout: float) -> None:
+        self.home = scratch / "gnupg"
+        self.own_tmp = False
+        self.keys, self.timeout = keys, timeout
+        self.keyring = scratch / "demo-public.gpg"
+        self.fingerprint = ""
+        self.why = "not set up"
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.fingerprint)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"GNUPGHOME": str(self.home)}
+
+    def setup(self) -> None:
+        if len(str(self.home)) > 80:  # gpg-agent's sockets go in GNUPGHOME: keep it short
+            self.home, self.own_tmp = Path(tempfile.mkdtemp(prefix="bench-gpg-")), True
+        self.home.mkdir(mode=0o700, exist_ok=True)
+        t, env = self.timeout, self.env
+        try:
+            timed(["gpg", "--batch", "--import", str(self.keys / "gpg" / "secret.asc")],
+                  env=env, timeout=t)
+            listing = timed(["gpg", "--batch", "--with-colons", "--list-secret-keys"],
+                            env=env, timeout=t)
+            fprs = [line.split(":")[9] for line in listing.stdout.splitlines()
+                    if line.startswith("fpr:")]
+            if not fprs:
+                self.why = f"no secret key in {self.keys / 'gpg' / 'secret.asc'}"
+                return
+            timed(["gpg", "--batch", "--yes", "--output", str(self.keyring), "--dearmor",
+                   str(self.keys / "gpg" / "public.asc")], env=env, timeout=t)
+            # start gpg-agent now: no timed run pays for it (repobuild starts its own each build)
+            timed(f"echo warm-up | gpg --batch --local-user {fprs[0]} --clearsign > /dev/null",
+                  env=env, timeout=t)
+        except CommandFailed as exc:
+            self.why = f"gpg: {exc.run.why()}"
+            return
+        except FileNotFoundError:
+            self.why = "gpg is not installed (apt-get install gnupg)"
+            return
+        self.fingerprint = fprs[0]
+
+    def close(self) -> None:
+        """Stop the gpg-agent of this home (and remove the home if it is not in scratch)."""
+        if self.home.exists():
+            timed(["gpgconf", "--homedir", str(self.home), "--kill", "gpg-agent"],
+                  check=False, timeout=60)
+        if self.own_tmp:
+            rmtree(self.home)
+
+
+class AptlyPeer:
+    """aptly: ``repo create`` + ``repo add`` of the deb folder + ``publish repo``, then
+    ``repo add`` + ``publish update`` of one more; signed with the demo key when ``gpg``."""
+
+    def __init__(self, exe: str, deb_dir: Path, arches: list[str], gpg: PeerGpg | None) -> None:
+        self.exe, self.deb_dir, self.arches, self.gpg = exe, deb_dir, arches, gpg
+        kind = "signed" if gpg else "unsigned"
+        self.name = f"aptly, {kind}"
+        self.order = (0, kind != "unsigned")
+        self.folder = "aptly-signed" if gpg else "aptly"
+        self.cold_label = f"aptly repo create + add N + publish, {kind}"
+        self.add_label = f"aptly repo add 1 + publish update, {kind}"
+        self.note = ("InRelease + Release.gpg (gpg)" if gpg else
+                     "-skip-signing: no InRelease, no Release.gpg")
+
+    def _cmd(self, root: Path, *a: str) -> str:
+        return shlex.join([self.exe, f"-config={root / 'aptly.conf'}", *a])
+
+    def _sign(self) -> list[str]:
+        if self.gpg is None:
+            return ["-skip-signing"]
+        return ["-batch", f"-gpg-key={self.gpg.fingerprint}"]
+
+    def prepare(self, root: Path) -> None:
+        root.mkdir()
+        conf = {"rootDir": str(root / "root"), "gpgDisableSign": self.gpg is None,
+                "gpgDisableVerify": True, "gpgProvider": "gpg"}
+        (root / "aptly.conf").write_text(json.dumps(conf) + "\n")
+
+    def cold(self, root: Path, *, timeout: float) -> Run:
+        return timed(" && ".join([
+            self._cmd(root, "repo", "create", "-distribution=stable", "-component=main", "bench"),
+            self._cmd(root, "repo", "add", "bench", str(self.deb_dir)),
+            self._cmd(root, "publish", "repo", *self._sign(), "-skip-contents",
+                      f"-architectures={','.join(self.arches)}", "bench"),
+        ]), timeout=timeout, env=self.gpg.env if self.gpg else None)
+
+    def add(self, root: Path, new: Path, *, timeout: float) -> Run:
+        return timed(" && ".join([
+            self._cmd(root, "repo", "add", "bench", str(new)),
+            self._cmd(root, "publish", "update", *self._sign(), "-skip-contents", "stable"),
+        ]), timeout=timeout, env=self.gpg.env if self.gpg else None)
+
+    def dists(self, root: Path) -> Path:
+        return root / "root" / "public" / "dists" / "stable"
+
+
+class RepreproPeer:
+    """reprepro: ``includedeb`` of every .deb (through xargs), then of one more; its
+    conf/distributions has ``SignWith: <the demo key>`` when ``gpg``."""
+
+    def __init__(self, exe: str, deb_dir: Path, arches: list[str], gpg: PeerGpg | None) -> None:
+        self.exe, self.deb_dir, self.arches, self.gpg = exe, deb_dir, arches, gpg
+        kind = "signed" if gpg else "unsigned"
+        self.name = f"reprepro, {kind}"
+        self.order = (1, kind != "unsigned")
+        self.folder = "reprepro-signed" if gpg else "reprepro"
+        self.cold_label = f"reprepro includedeb N (+ export), {kind}"
+        self.add_label = f"reprepro includedeb 1 (+ export), {kind}"
+        self.note = ("InRelease + Release.gpg (SignWith)" if gpg else
+                     "no SignWith: no InRelease, no Release.gpg")
+
+    def prepare(self, base: Path) -> None:
+        (base / "conf").mkdir(parents=True)
+        sign = f"SignWith: {self.gpg.fingerprint}\n" if self.gpg else ""
+        (base / "conf" / "distributions").write_text(
+            "Codename: stable\nSuite: stable\nComponents: main\n"
+            f"Architectures: {' '.join(self.arches)}\n{sign}"
+        )
+
+    def cold(self, base: Path, *, timeout: float) -> Run:
+        return timed(f"find {shlex.quote(str(self.deb_dir))} -name '*.deb' -print0 | xargs -0 -r "
+                     f"{shlex.quote(self.exe)} -b {shlex.quote(str(base))} --silent "
+                     "includedeb stable", timeout=timeout, env=self.gpg.env if self.gpg else None)
+
+    def add(self, base: Path, new: Path, *, timeout: float) -> Run:
+        return timed([self.exe, "-b", str(base), "--silent", "includedeb", "stable", str(new)],
+                     timeout=timeout, env=self.gpg.env if self.gpg else None)
+
+    def dists(self, base: Path) -> Path:
+        return base / "dists" / "stable"
+
+
+AptPeer = AptlyPeer | RepreproPeer
+
+
+def apt_index(dists: Path) -> dict[str, int]:
+    """``{"main/binary-amd64": number of packages}`` for each Packages file below ``dists``."""
+    found = {}
+    for packages in sorted(dists.glob("*/binary-*/Packages")):
+        text = packages.read_text(encoding="utf-8", errors="replace")
+        found[f"{packages.parent.parent.name}/{packages.parent.name}"] = sum(
+            1 for line in text.splitlines() if line.startswith("Package:"))
+    return found
 
 
 def copier(flag: str, folder: Path, t: float) -> Callable[[Path], Run]:

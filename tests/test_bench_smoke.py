@@ -170,6 +170,19 @@ def test_build_bench_smoke(tmp_path: Path) -> None:
         assert "FAILED" not in row and "—" not in row.split("|")[3], row
     for peer in ("apt-ftparchive", "aptly", "reprepro", "simple503", "dumb-pypi"):
         assert peer in text  # measured, or a row saying why it is missing
+    assert "CHECK FAILED" not in text
+    for tool, rows in (("aptly", ("aptly repo create + add N + publish",
+                                  "aptly repo add 1 + publish update")),
+                       ("reprepro", ("reprepro includedeb N (+ export)",
+                                     "reprepro includedeb 1 (+ export)"))):
+        if not shutil.which(tool) or not shutil.which("gpg"):
+            continue
+        for label in rows:
+            for kind in ("unsigned", "signed"):  # both measured, side by side
+                row = next(line for line in text.splitlines()
+                           if line.startswith(f"| {label}, {kind} "))
+                assert "×" in row and "FAILED" not in row, row
+        assert f"check: {tool}, signed: gpgv InRelease" in out
     assert not (tmp_path / "build-bench-n120").exists()  # outputs removed without --keep
     leftovers = list(tmp_path.glob("corpus-*/deb/new*"))
     assert not leftovers
