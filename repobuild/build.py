@@ -24,7 +24,7 @@ from typing import Any
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from repobuild.aptrepo import build_apt
+from repobuild.aptrepo import AptJob
 from repobuild.cache import BuildCache, Stamp
 from repobuild.config import Config, build_time, source_date_epoch
 from repobuild.errors import RepobuildError, UsageError, ValidationError
@@ -40,7 +40,7 @@ from repobuild.pyrepo import Project, Staged, stage_project_pages
 from repobuild.scan import SourceFile, scan_source
 from repobuild.signing.cosign import public_key_hint
 from repobuild.signing.gpg import dearmor
-from repobuild.store import OutTree
+from repobuild.store import OutTree, survey
 from repobuild.templating import render_large
 from repobuild.trust import KEYLESS_BUNDLE
 from repobuild.workers import Workers, worker_count
@@ -49,7 +49,7 @@ INDEX = "index.json"
 BATCH_BYTES = 8 << 20  # work sent to a worker process at once
 BATCH_FILES = 64
 PAGE_BATCH = 256  # projects whose pages a worker renders at once
-PARSE_ASIDE_BYTES = 16 << 20  # a previous index.json larger than this is parsed by a worker
+PARSE_ASIDE_BYTES = 2 << 20  # a previous index.json larger than this is parsed by a worker
 
 Progress = Callable[[int, int], None]
 
@@ -81,6 +81,10 @@ def _previous(tree: OutTree, workers: Workers) -> Callable[[], manifest.Previous
                 tree.root,
             )
         return lambda: None
+    # the summary the build that wrote the index saved beside it, if it is this index's
+    saved = _saved_previous(tree, path)
+    if saved is not None:
+        return lambda: saved
     # parsing 100,000 entries peaks at ~3 × their final size: a large index is parsed in a
     # worker process, which hands back only the summary (pickling it costs more than parsing
     # a small one here)
@@ -96,6 +100,31 @@ def _previous(tree: OutTree, workers: Workers) -> Callable[[], manifest.Previous
             ) from None
 
     return result
+
+
+SUMMARY = "previous.json"  # in OUT/.repobuild/: the summary of index.json, for the next build
+
+
+def _saved_previous(tree: OutTree, index: Path) -> manifest.Previous | None:
+    try:
+        with open(index, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        data = (tree.state / SUMMARY).read_bytes()
+    except OSError:
+        return None
+    return manifest.previous_from_json(data, digest)
+
+
+def _save_summary(tree: OutTree, summary: manifest.Previous, index_sha256: str) -> None:
+    """Saved after index.json is in place: a build killed in between leaves an older summary,
+    whose hash no longer matches, so the next build parses index.json instead."""
+    tmp = tree.temp_path()
+    try:
+        with open(tmp, "w", encoding="ascii") as fh:
+            manifest.write_previous(fh.write, summary, index_sha256)
+        os.replace(tmp, tree.state / SUMMARY)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # only a cache: the next build parses index.json
 
 
 def _read_previous(path: str) -> manifest.Previous:
@@ -235,10 +264,22 @@ def _stage_pages(
     return jobs
 
 
+def _survey_later(
+    tree: OutTree, arts: list[Artifact], workers: Workers
+) -> Callable[[], tuple[list[str], set[str]]]:
+    """OUT walked by a worker (:func:`repobuild.store.survey`) while this process renders."""
+    expected = [art.blob for art in arts]
+    expected += [art.blob + ".metadata" for art in arts if art.kind == "wheel"]
+    if workers.count:
+        return workers.submit(survey, str(tree.root), expected).result  # type: ignore[no-any-return]
+    found = survey(str(tree.root), expected)
+    return lambda: found
+
+
 def _restore_missing(
     tree: OutTree,
     ingested: list[Ingested],
-    on_disk: set[str],
+    missing: set[str],
     cache: BuildCache,
     result: BuildResult,
     *,
@@ -249,8 +290,8 @@ def _restore_missing(
     hand, say): read from its source again, placed if it still has the listed content."""
     for item in ingested:
         art = item.artifact
-        gone = art.blob not in on_disk or (
-            art.kind == "wheel" and art.blob + ".metadata" not in on_disk)
+        gone = art.blob in missing or (
+            art.kind == "wheel" and art.blob + ".metadata" in missing)
         if not item.cached or not gone or item.src is None:
             continue
         cache.forget(art.path)
@@ -269,25 +310,42 @@ def _restore_missing(
 
 
 def _check_duplicates(arts: list[Artifact]) -> None:
-    """Two different files may not claim one package, version (and architecture or file name)."""
-    seen: dict[tuple[str, ...], Artifact] = {}
+    """Two different files may not claim one package, version (and architecture or file name).
+
+    Python files are keyed by file name first, and the project name and version normalized
+    only where two share one: parsing 10,000 versions would cost more than the rest."""
+    seen: dict[tuple[str, ...], list[Artifact]] = {}
     for art in arts:
         key: tuple[str, ...]
         if art.deb is not None:
             key = ("deb", art.deb.package, art.deb.version, art.deb.architecture)
-            what = f"{art.deb.package} {art.deb.version} ({art.deb.architecture})"
         elif art.dist is not None:
-            name = canonicalize_name(art.dist.name)
-            key = ("py", name, str(Version(art.dist.version)), art.kind, art.filename)
-            what = f"{art.filename}"
+            key = ("py", art.kind, art.filename)
         else:
             continue
-        other = seen.setdefault(key, art)
-        if other is not art and other.sha256 != art.sha256:
-            raise ValidationError(
-                f"claims {what}, which {other.path} already provides with different content",
-                art.path,
-            )
+        others = seen.setdefault(key, [])
+        for other in others:
+            if other.sha256 != art.sha256 and _same_claim(other, art):
+                raise ValidationError(
+                    f"claims {_claim(art)}, which {other.path} already provides with different "
+                    "content",
+                    art.path,
+                )
+        others.append(art)
+
+
+def _same_claim(a: Artifact, b: Artifact) -> bool:
+    if a.deb is not None:
+        return True  # the key holds package, version and architecture
+    assert a.dist is not None and b.dist is not None
+    return (canonicalize_name(a.dist.name) == canonicalize_name(b.dist.name)
+            and Version(a.dist.version) == Version(b.dist.version))
+
+
+def _claim(art: Artifact) -> str:
+    if art.deb is not None:
+        return f"{art.deb.package} {art.deb.version} ({art.deb.architecture})"
+    return art.filename
 
 
 def _sha256(data: bytes) -> str:
@@ -501,9 +559,15 @@ def build(
         # renders the apt indices, the landing page and the rest
         projects = list(project_files([a for a in arts if a.dist is not None]).items())
         page_jobs = _stage_pages(tree, workers, projects)
+        # OUT as it is before landing, for the pruning after it (what landing adds is listed),
+        # walked meanwhile. OUT held nothing before a first build and the cache vouched for
+        # nothing: all there is was written by this build
+        fresh_tree = prev is None and not any(item.cached for item in ingested)
+        survey_job = (lambda: ([], set())) if fresh_tree else _survey_later(tree, arts, workers)
+        # the Packages files compress in threads meanwhile
+        apt_job = AptJob([a for a in arts if a.deb is not None], config)
+        components = tuple(apt_job.components)
         keys = keys_job.result()
-        debs = [a for a in arts if a.deb is not None]
-        apt = build_apt(debs, config, keys.gpg, now)
         # Everything rendered is staged at once (written aside, or found identical in OUT) and
         # only its size and hash kept; the renames into place come in the writing phase.
         current: dict[str, FileEntry] = {}
@@ -525,12 +589,6 @@ def build(
                 raise AssertionError(f"{art.path}: no core metadata recorded")
             current[art.blob + ".metadata"] = FileEntry(size, art.metadata_sha256)
             metadata_sizes[art.path] = size
-        for path, data in apt.by_hash.items():
-            stage(path, data, immutable)
-        for path, data in apt.mutable.items():
-            stage(path, data, mutable if "/binary-" in path else tops)
-        components = apt.components
-        del apt
         for path, data in _keys_files(keys).items():
             stage(path, data, mutable)
         stage("keys/repo.sources", _repo_sources(config, components, keys.gpg_public), mutable)
@@ -542,6 +600,13 @@ def build(
         stage("simple/index.html", root_html, tops)
         stage("simple/index.json", root_json, tops)
         del projects
+        apt = apt_job.finish(keys.gpg, now)
+        del apt_job
+        for path, data in apt.by_hash.items():
+            stage(path, data, immutable)
+        for path, data in apt.mutable.items():
+            stage(path, data, mutable if "/binary-" in path else tops)
+        del apt
         for job in page_jobs:
             for path, size, digest, where in job():
                 tree.adopt(path, where)
@@ -610,17 +675,15 @@ def build(
             tree.write(path, data)
         failed = False
         history()
+        _save_summary(tree, manifest.summary(version, arts, listed), index_hash.hexdigest())
         for item in ingested:
             if item.stamp is not None:
                 cache.record(item.artifact, item.stamp, metadata_sizes.get(item.artifact.path))
 
         phase("pruning")
         keep = listed.keys() | blob_paths.keys() | {INDEX, *signatures}
-        # OUT held nothing before a first build and the cache vouched for nothing: all there is
-        # was written and listed by this build (a walk of 25,000 files is 0.3 s)
-        fresh_tree = prev is None and not any(item.cached for item in ingested)
-        on_disk = [] if fresh_tree else tree.walk()
-        _restore_missing(tree, ingested, set(on_disk), cache, result, link=link,
+        on_disk, missing = survey_job()
+        _restore_missing(tree, ingested, missing, cache, result, link=link,
                          sha512=config.sha512)
         for path in on_disk:
             if path not in keep:

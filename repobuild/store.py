@@ -188,6 +188,22 @@ class OutTree:
             parent = parent.parent
 
 
+def survey(root: str, expected: list[str]) -> tuple[list[str], set[str]]:
+    """Walk OUT: the files that are not among ``expected`` (a build's blobs and .metadata
+    files: candidates for pruning), and those of ``expected`` that are not there (to put
+    back). The expected files found are not returned: at 100,000 artifacts they are most of
+    the tree."""
+    missing = set(expected)
+    others: list[str] = []
+    for _folder, files, _folders in iter_tree(root):
+        for path in files:
+            if path in missing:
+                missing.discard(path)
+            else:
+                others.append(path)
+    return others, missing
+
+
 def iter_tree(
     root: str, skip: str = STATE_DIR
 ) -> Iterator[tuple[str, list[str], list[str] | None]]:

@@ -372,3 +372,46 @@ def test_removed_file_is_retired_then_collected_by_gc(src: Path, tmp_path: Path)
     state = snapshot(out)
     assert _gc(out) == set()
     assert snapshot(out) == state
+
+
+def test_saved_summary_is_the_index_summary_and_a_stale_or_broken_one_is_ignored(
+        src: Path, tmp_path: Path) -> None:
+    """A build saves the summary of its index.json (what the next build needs of it) in
+    .repobuild/previous.json, keyed by the index's hash; the next build uses it instead of
+    parsing the index, and parses the index when the summary is not this index's."""
+    from repobuild.formats import manifest
+
+    out = tmp_path / "out"
+    saved = out / ".repobuild" / "previous.json"
+
+    def summary_is_the_index_summary() -> manifest.Previous:
+        data = (out / "index.json").read_bytes()
+        summary = manifest.previous_from_json(saved.read_bytes(), sha256(data))
+        assert summary is not None
+        assert summary == manifest.previous(data)
+        return summary
+
+    build(src, out)
+    summary_is_the_index_summary()
+    (src / "files/README.txt").unlink()
+    second = build(src, out)  # lists the README's blob as retired
+    summary = summary_is_the_index_summary()
+    assert any(f.retired for f in summary.kept_files.values())
+    stale = saved.read_bytes()
+
+    third = build(src, out)
+    assert third["version"] == second["version"] + 1
+    retired = {p: f["retired"] for p, f in third["files"].items() if f.get("retired")}
+    assert retired == {p: f["retired"] for p, f in second["files"].items() if f.get("retired")}
+
+    for bad in (stale, b"{not json", b'{"format":1}'):
+        saved.write_bytes(bad)  # the second build's summary, or garbage: not this index's
+        before = index_of(out)
+        again = build(src, out)
+        assert again["version"] == before["version"] + 1
+        assert {p: f.get("retired") for p, f in again["files"].items() if f.get("retired")} \
+            == retired
+        assert [(a["path"], a["uploaded"]) for a in again["artifacts"]] == [
+            (a["path"], a["uploaded"]) for a in before["artifacts"]]
+        summary_is_the_index_summary()
+    verify_ok(out)

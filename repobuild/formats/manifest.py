@@ -21,9 +21,13 @@ class ManifestError(ValueError):
     """index.json is malformed."""
 
 
+# one encoder for every call: json.dumps with options builds a new one each time (~2 µs)
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def canonical(obj: object) -> bytes:
     """Sorted keys, UTF-8, no insignificant white space: the bytes that are signed."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _encode(obj).encode()
 
 
 def rfc3339(when: datetime) -> str:
@@ -156,9 +160,7 @@ def render_to(
             for i, path in enumerate(sorted(files)):
                 if i:
                     buf += b","
-                buf += canonical(path)
-                buf += b":"
-                buf += canonical(file_entry(files[path]))
+                buf += _file_item(path, files[path])
                 flush()
             buf += b"}"
         else:
@@ -166,6 +168,13 @@ def render_to(
             buf += canonical(top[key])
     buf += b"}"
     write(bytes(buf))
+
+
+def _file_item(path: str, entry: FileEntry) -> bytes:
+    """``"path":{...}`` of one file, as ``canonical`` writes it (keys in sorted order)."""
+    if entry.retired:
+        return canonical({path: file_entry(entry)})[1:-1]
+    return f'{_encode(path)}:{{"sha256":{_encode(entry.sha256)},"size":{int(entry.size)}}}'.encode()
 
 
 def _by_path(art: Artifact) -> str:
@@ -196,7 +205,7 @@ def _safe_path(path: object) -> str:
     return path
 
 
-def parse(data: bytes) -> Manifest:
+def _load(data: bytes) -> tuple[dict[str, Any], int, list[Any], dict[str, Any]]:
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -204,8 +213,6 @@ def parse(data: bytes) -> Manifest:
     if not isinstance(doc, dict) or doc.get("type") != MANIFEST_TYPE:
         raise ManifestError("not a repobuild index")
     version = _int(doc.get("version"), "version")
-    generated = parse_time(doc.get("generated"))  # type: ignore[arg-type]
-    expires = parse_time(doc.get("expires"))  # type: ignore[arg-type]
     arts = doc.get("artifacts")
     files = doc.get("files")
     if not isinstance(arts, list) or not isinstance(files, dict):
@@ -216,17 +223,26 @@ def parse(data: bytes) -> Manifest:
         _safe_path(a.get("blob"))
         _int(a.get("size"), f"size of {a.get('blob')}")
         _hex(a.get("sha256"), f"sha256 of {a.get('blob')}")
-    parsed: dict[str, FileEntry] = {}
-    for path, f in files.items():
-        _safe_path(path)
-        if not isinstance(f, dict):
-            raise ManifestError(f"entry of {path} is not an object")
-        retired = f.get("retired")
-        parsed[path] = FileEntry(
-            size=_int(f.get("size"), f"size of {path}"),
-            sha256=_hex(f.get("sha256"), f"sha256 of {path}"),
-            retired=retired if isinstance(retired, str) else None,
-        )
+    return doc, version, arts, files
+
+
+def _file_entry(path: str, f: object) -> FileEntry:
+    _safe_path(path)
+    if not isinstance(f, dict):
+        raise ManifestError(f"entry of {path} is not an object")
+    retired = f.get("retired")
+    return FileEntry(
+        size=_int(f.get("size"), f"size of {path}"),
+        sha256=_hex(f.get("sha256"), f"sha256 of {path}"),
+        retired=retired if isinstance(retired, str) else None,
+    )
+
+
+def parse(data: bytes) -> Manifest:
+    doc, version, arts, files = _load(data)
+    generated = parse_time(doc.get("generated"))  # type: ignore[arg-type]
+    expires = parse_time(doc.get("expires"))  # type: ignore[arg-type]
+    parsed = {path: _file_entry(path, f) for path, f in files.items()}
     meta = {k: v for k, v in doc.items() if k not in ("artifacts", "files")}
     return Manifest(version, generated, expires, arts, parsed, meta)
 
@@ -241,17 +257,58 @@ class Previous:
     kept_files: dict[str, FileEntry]
 
 
+def summary(version: int, artifacts: list[Artifact], files: dict[str, FileEntry]) -> Previous:
+    """The :class:`Previous` of the index that :func:`render_to` writes from the same data
+    (what :func:`previous` gives for it), made without reading the index back."""
+    uploaded = {a.sha256: a.uploaded for a in artifacts}
+    kept = {p: f for p, f in files.items() if p.startswith("blobs/") or "/by-hash/" in p}
+    for a in sorted(artifacts, key=_by_path):  # the index's order: the first entry wins
+        kept.setdefault(a.blob, FileEntry(a.size, a.sha256))
+        if a.metadata_sha256:
+            kept.setdefault(a.blob + ".metadata", FileEntry(-1, a.metadata_sha256))
+    return Previous(version, uploaded, kept)
+
+
+def write_previous(write: Callable[[str], object], prev: Previous, index_sha256: str) -> None:
+    """A summary saved beside the index it summarizes (OUT/.repobuild/), keyed by its hash;
+    written entry by entry (150,000 kept files at 100,000 artifacts)."""
+    enc = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+    write(f'{{"format":1,"index_sha256":{enc(index_sha256)},"version":{int(prev.version)},')
+    write(f'"uploaded":{enc(prev.uploaded)},"kept":{{')
+    for n, (path, f) in enumerate(prev.kept_files.items()):
+        write(f'{"," if n else ""}{enc(path)}:{enc([f.size, f.sha256, f.retired])}')
+    write("}}")
+
+
+def previous_from_json(data: bytes, index_sha256: str) -> Previous | None:
+    """The saved summary, when it is one of the index with this hash; else None."""
+    try:
+        doc = json.loads(data)
+        if doc.get("format") != 1 or doc.get("index_sha256") != index_sha256:
+            return None
+        kept = {p: FileEntry(int(f[0]), str(f[1]), f[2] if isinstance(f[2], str) else None)
+                for p, f in doc["kept"].items()}
+        uploaded = doc["uploaded"]
+        if not isinstance(uploaded, dict):
+            return None
+        return Previous(_int(doc.get("version"), "version"), uploaded, kept)
+    except (ValueError, AttributeError, TypeError, KeyError, IndexError, ManifestError):
+        return None
+
+
 def previous(data: bytes) -> Previous:
-    """:func:`parse`, reduced to a :class:`Previous` (run where its peak memory is harmless)."""
-    index = parse(data)
-    uploaded = {str(a["sha256"]): str(a["uploaded"]) for a in index.artifacts
+    """What a build needs of the index it replaces; only the entries it keeps are checked
+    further than :func:`parse`'s artifact checks (a third of the time of a whole parse)."""
+    _doc, version, arts, files = _load(data)
+    uploaded = {str(a["sha256"]): str(a["uploaded"]) for a in arts
                 if isinstance(a.get("uploaded"), str)}
     kept: dict[str, FileEntry] = {
-        p: f for p, f in index.files.items() if p.startswith("blobs/") or "/by-hash/" in p
+        p: _file_entry(p, f) for p, f in files.items()
+        if p.startswith("blobs/") or "/by-hash/" in p
     }
-    for a in index.artifacts:
+    for a in arts:
         kept.setdefault(a["blob"], FileEntry(int(a["size"]), str(a["sha256"])))
         meta = a.get("metadata")
         if isinstance(meta, dict) and isinstance(meta.get("path"), str):
             kept.setdefault(meta["path"], FileEntry(-1, str(meta.get("sha256", ""))))
-    return Previous(index.version, uploaded, kept)
+    return Previous(version, uploaded, kept)

@@ -398,8 +398,7 @@ def _canonical_link(
     """The canonical JSON of a link's signed part, for strings without control characters,
     after ``reserve`` bytes of room."""
 
-    def text(value: str) -> bytes:
-        return json.dumps(value, ensure_ascii=False).encode("utf-8")
+    text = _encode_text
 
     def artifacts(entries: Mapping[str, str]) -> None:
         out.extend(b"{")
@@ -426,6 +425,11 @@ def _canonical_link(
 
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
+_encode_str = json.JSONEncoder(ensure_ascii=False).encode  # one encoder, not one per string
+
+
+def _encode_text(value: str) -> bytes:
+    return _encode_str(value).encode("utf-8")
 
 
 def _canonical_bytes(document: Mapping[str, Any]) -> bytes:

@@ -1,0 +1,61 @@
+"""index.json is written piece by piece (manifest.render_to); the pieces must make exactly the
+canonical JSON of the whole document, whatever the paths hold."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+
+from repobuild.formats import manifest
+from repobuild.formats.deb import DebInfo
+from repobuild.formats.pydist import DistInfo
+from repobuild.model import Artifact, FileEntry
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _artifacts() -> list[Artifact]:
+    deb = Artifact("debs/hello_1.0_amd64.deb", "hello_1.0_amd64.deb", "deb", 10, _sha("a"),
+                   deb=DebInfo("hello", "1.0", "amd64", "Package: hello"), uploaded="x")
+    wheel = Artifact("py/ünï-1.0-py3-none-any.whl", "ünï-1.0-py3-none-any.whl", "wheel", 20,
+                     _sha("b"), dist=DistInfo("ünï", "1.0", ">=3.9", "s", b""),
+                     uploaded="y", yanked="", metadata_sha256=_sha("m"))
+    odd = Artifact('files/a "quoted" name.txt', 'a "quoted" name.txt', "file", 0,
+                   _sha("c"), sha512="f" * 128, uploaded="z", yanked="broken")
+    return [wheel, odd, deb]
+
+
+def test_streamed_index_is_the_canonical_json_of_the_whole() -> None:
+    arts = _artifacts()
+    files = {
+        "dists/stable/Release": FileEntry(5, _sha("r")),
+        'simple/ünï/"index".html': FileEntry(7, _sha("p")),
+        "dists/stable/main/binary-amd64/by-hash/SHA256/" + _sha("old"):
+            FileEntry(9, _sha("old"), retired="2026-01-01T00:00:00Z"),
+        "tab\tand\u2028line": FileEntry(1, _sha("t")),
+    }
+    when = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+    meta = {"origin": "O", "label": "L", "suite": "stable", "codename": "stable"}
+    streamed = manifest.render(version=3, generated=when, expires=when, artifacts=arts,
+                               files=files, meta=meta)
+    whole = {
+        "type": manifest.MANIFEST_TYPE,
+        "spec_version": manifest.SPEC_VERSION,
+        "version": 3,
+        "generated": manifest.rfc3339(when),
+        "expires": manifest.rfc3339(when),
+        **meta,
+        "artifacts": [manifest.artifact_entry(a) for a in sorted(arts, key=lambda a: a.path)],
+        "files": {p: manifest.file_entry(f) for p, f in files.items()},
+    }
+    expected = json.dumps(whole, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode()
+    assert streamed == expected
+    parsed = manifest.parse(streamed)
+    assert parsed.files == files
+    assert manifest.previous(streamed).kept_files[
+        "dists/stable/main/binary-amd64/by-hash/SHA256/" + _sha("old")].retired == (
+        "2026-01-01T00:00:00Z")
