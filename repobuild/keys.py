@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,19 @@ def check_keydir(keydir: Path) -> None:
         raise UsageError("the key folder has no gpg/secret.asc", keydir)
 
 
+def _load_cosign(keydir: Path) -> Any:
+    from repobuild.signing import cosign
+
+    try:
+        return cosign.load_cosign_private_key(
+            _read(keydir / "cosign.key"),
+            cosign.password_from_env(),
+            source=str(keydir / "cosign.key"),
+        )
+    except ValidationError as exc:  # a wrong $COSIGN_PASSWORD is a configuration error
+        raise UsageError(str(exc)) from None
+
+
 def load_keys(
     keydir: Path, *, faked_time: int | None, signers: dict[str, str] | None = None
 ) -> KeySet:
@@ -145,6 +159,13 @@ def load_keys(
     secret = keydir / "gpg" / "secret.asc"
     if not secret.is_file():
         raise UsageError("the key folder has no gpg/secret.asc", keydir)
+    uris = _signer_uris(keydir, signers)
+    cosign_job: Future[Any] | None = None
+    if "cosign" not in uris and (keydir / "cosign.key").is_file():
+        # its scrypt (~0.1-0.2 s, without the GIL) runs while gpg takes in its key
+        pool = ThreadPoolExecutor(max_workers=1)
+        cosign_job = pool.submit(_load_cosign, keydir)
+        pool.shutdown(wait=False)
     signer = GpgSigner(secret, faked_time=faked_time)
     ks = KeySet(keydir=keydir, gpg=signer, gpg_public=signer.public_key(armor=True))
     try:
@@ -155,7 +176,6 @@ def load_keys(
                 ks.trust = json.loads(_read(trust_path))
             except json.JSONDecodeError as exc:
                 raise UsageError(f"invalid JSON: {exc}", trust_path) from None
-        uris = _signer_uris(keydir, signers)
         if uris:
             from repobuild.signing.uri import ROLES
 
@@ -167,17 +187,8 @@ def load_keys(
 
             ks.cosign = UriSigner(uris["cosign"], _read(keydir / "cosign.pub"), role="cosign")
             ks.cosign_public = ks.cosign.public_key_pem()
-        elif (keydir / "cosign.key").is_file():
-            from repobuild.signing import cosign
-
-            try:
-                ks.cosign = cosign.load_cosign_private_key(
-                    _read(keydir / "cosign.key"),
-                    cosign.password_from_env(),
-                    source=str(keydir / "cosign.key"),
-                )
-            except ValidationError as exc:  # a wrong $COSIGN_PASSWORD is a configuration error
-                raise UsageError(str(exc)) from None
+        elif cosign_job is not None:
+            ks.cosign = cosign_job.result()
             ks.cosign_public = ks.cosign.public_key_pem()
         intoto_dir = keydir / "intoto"
         for role, attr in (("intoto-owner", "owner"), ("intoto-builder", "builder")):

@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import importlib
 import json
 import re
+import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -113,7 +115,45 @@ def generate_keypair() -> tuple[bytes, bytes]:
     return private_pem, public_pem
 
 
+_AWS_LEFT_OUT = False  # securesystemslib.signer was imported without boto3
+
+
+def _import_sslib() -> None:
+    """Import ``securesystemslib.signer`` (in-toto imports it too) without boto3.
+
+    Its AWS KMS signer imports boto3 when it can, ~0.12 s that hold the GIL: a tenth of adding
+    one package to a 10,000-artifact repository. In-toto's keys here are local files, so boto3
+    is hidden from that one import (unless something loaded it already); :func:`aws_signer_back`
+    puts it back for a build whose signer URI is ``awskms:``.
+    """
+    global _AWS_LEFT_OUT
+    if "securesystemslib.signer" in sys.modules or "boto3" in sys.modules:
+        return
+    sys.modules["boto3"] = None  # type: ignore[assignment]  # makes 'import boto3' fail
+    try:
+        import securesystemslib.signer  # noqa: F401
+    finally:
+        if "boto3" in sys.modules and sys.modules["boto3"] is None:
+            del sys.modules["boto3"]
+    import securesystemslib.signer._aws_signer as aws
+
+    _AWS_LEFT_OUT = bool(aws.AWS_IMPORT_ERROR)
+
+
+def aws_signer_back() -> None:
+    """Undo :func:`_import_sslib`'s hiding of boto3 (a reload of the AWS signer's module, whose
+    functions then see boto3), for a signer URI that needs it."""
+    global _AWS_LEFT_OUT
+    if not _AWS_LEFT_OUT:
+        return
+    import securesystemslib.signer._aws_signer as aws
+
+    importlib.reload(aws)
+    _AWS_LEFT_OUT = False
+
+
 def _sslib_key(public_pem: bytes) -> Any:
+    _import_sslib()
     from securesystemslib.signer import SSlibKey
 
     try:
@@ -141,6 +181,7 @@ def key_id(public_pem: bytes) -> str:
 
 def _signer(private_pem: Any) -> Any:
     """A securesystemslib signer from PEM bytes; a signer object (from a URI) is used as is."""
+    _import_sslib()
     from securesystemslib.signer import CryptoSigner
 
     if not isinstance(private_pem, bytes):
@@ -237,6 +278,7 @@ def _build_step_rules(
 
 def _hidden_from_in_toto_verify() -> Any:
     """in-toto-verify's default exclude patterns, as it applies them when recording."""
+    _import_sslib()
     from in_toto.settings import ARTIFACT_EXCLUDE_PATTERNS
     from pathspec import GitIgnoreSpec
 
@@ -282,6 +324,7 @@ def make_layout(
     ``verifier_files``: exact root-level names a verifier may add to its copy (the layout key).
     ``expected_command``: what the link's ``command`` should be; in-toto only warns on mismatch.
     """
+    _import_sslib()
     from in_toto.models.layout import Inspection, Layout, Step
     from in_toto.models.metadata import Metablock
 
@@ -477,6 +520,7 @@ def verify_layout(
     Not thread-safe: in-toto records the inspection's artifacts relative to the process's
     working directory, so this changes directory (and in-toto's settings) for the duration.
     """
+    _import_sslib()
     import in_toto.settings
     from in_toto.models.metadata import Metadata
     from in_toto.verifylib import in_toto_verify
@@ -532,6 +576,7 @@ def verify_link_products(
     The caller compares those products with hashes it verified itself, so that a tree is
     checked against its provenance without reading any file a second time.
     """
+    _import_sslib()
     from in_toto.models.metadata import Metadata
     from securesystemslib.signer import Signature, SSlibKey
 

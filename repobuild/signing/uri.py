@@ -25,6 +25,9 @@ class UriSigner:
     def __init__(self, uri: str, public_pem: bytes, *, role: str) -> None:
         from securesystemslib.signer import Signer, SSlibKey
 
+        from repobuild.signing.intoto import aws_signer_back
+
+        aws_signer_back()  # in case an in-toto import left boto3 out of securesystemslib
         try:
             public = serialization.load_pem_public_key(public_pem)
             key = SSlibKey.from_crypto(public)
