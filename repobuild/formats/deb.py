@@ -11,10 +11,13 @@ import io
 import lzma
 import re
 import tarfile
+import zlib
 from dataclasses import dataclass
 
 from debian.deb822 import Deb822
 from debian.debian_support import Version
+
+from repobuild.formats.pydist import tar_header
 
 _AR_MAGIC = b"!<arch>\n"
 _HEADER = 60
@@ -74,12 +77,16 @@ class DebInspector:
                 self._state = "header"
             else:
                 want = len(_AR_MAGIC) if state == "magic" else _HEADER
-                take = min(want - len(self._buf), end - pos)
-                self._buf += view[pos : pos + take]
-                pos += take
-                if len(self._buf) < want:
-                    return
-                head, self._buf = bytes(self._buf), bytearray()
+                if not self._buf and end - pos >= want:  # whole in this chunk: no buffering
+                    head = bytes(view[pos : pos + want])
+                    pos += want
+                else:
+                    take = min(want - len(self._buf), end - pos)
+                    self._buf += view[pos : pos + take]
+                    pos += take
+                    if len(self._buf) < want:
+                        return
+                    head, self._buf = bytes(self._buf), bytearray()
                 if state == "magic":
                     if head != _AR_MAGIC:
                         raise DebError("not a Debian package (no ar archive header)")
@@ -124,7 +131,7 @@ def read_control_tar(member: str, data: bytes) -> bytes:
     """Return the ``control`` file from a control.tar{,.gz,.xz,.zst} member."""
     try:
         if member.endswith(".gz"):
-            data = gzip.decompress(data)
+            data = _gunzip(data)
         elif member.endswith(".xz"):
             data = lzma.decompress(data)
         elif member.endswith(".zst"):
@@ -133,19 +140,105 @@ def read_control_tar(member: str, data: bytes) -> bytes:
             data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
         elif member != "control.tar":
             raise DebError(f"unsupported control compression {member!r}")
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            for entry in tar:
-                if entry.name in ("./control", "control") and entry.isfile():
-                    handle = tar.extractfile(entry)
-                    assert handle is not None
-                    return handle.read()
-    except (OSError, EOFError, lzma.LZMAError, tarfile.TarError) as exc:
+        control = _plain_tar_control(data)
+        if control is None:
+            control = _tarfile_control(data)
+    except (OSError, EOFError, zlib.error, lzma.LZMAError, tarfile.TarError) as exc:
         raise DebError(f"unreadable {member}: {exc}") from None
     except Exception as exc:  # zstandard raises its own error type
         if type(exc).__module__.startswith("zstandard"):
             raise DebError(f"unreadable {member}: {exc}") from None
         raise
-    raise DebError(f"{member} holds no control file")
+    if control is None:
+        raise DebError(f"{member} holds no control file")
+    return control
+
+
+def _gunzip(data: bytes) -> bytes:
+    """``gzip.decompress(data)``: in one zlib call when ``data`` is one gzip stream (and NUL
+    padding), as control.tar.gz always is; through the gzip module otherwise, for its
+    reading of anything else (several members, errors)."""
+    inflate = zlib.decompressobj(wbits=31)  # checks the CRC-32 and the length too
+    try:
+        out = inflate.decompress(data)
+    except zlib.error:
+        return gzip.decompress(data)
+    if inflate.eof and not inflate.unused_data.lstrip(b"\0"):
+        return out
+    return gzip.decompress(data)
+
+
+# The numeric fields of a tar header (mode, uid, gid, size, mtime, checksum, devmajor,
+# devminor), and the form in which tarfile's nti() and pydist.tar_header read them alike:
+# octal digits, blank-padded, then NUL and anything.
+_NUMBER_FIELDS = ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (148, 156),
+                  (329, 337), (337, 345))
+_PLAIN_NUMBER = re.compile(rb" *[0-7]* *(?:\0.*)?", re.DOTALL)
+
+
+def _plain_tar_control(data: bytes) -> bytes | None:
+    """The ``control`` file, found by walking the tar headers (:func:`tar_header`) as tarfile
+    walks them; None where this walk might differ from tarfile's, which then reads the archive
+    (its errors, pax and GNU long names, links, devices, a missing control file, ...)."""
+    pos, end = 0, len(data)
+    while pos + 512 <= end:
+        block = data[pos : pos + 512]
+        if not _plain_header(block):
+            return None
+        header = tar_header(block)
+        size, kind = header.size, header.kind
+        if size is None or header.prefix:
+            return None
+        if kind == b"\0" and header.name.endswith(b"/"):
+            kind = b"5"  # tarfile: an old-style directory
+        body = pos + 512
+        if kind in (b"0", b"\0"):
+            if header.name in (b"./control", b"control"):
+                return data[body : body + size] if body + size <= end else None
+            pos = body + (size + 511) // 512 * 512
+        elif kind == b"5":
+            pos = body  # tarfile skips no data after a directory, whatever its size says
+        else:
+            return None
+    return None
+
+
+def _plain_header(block: bytes) -> bool:
+    """tarfile takes the header as it is: its numbers plain octal and its checksum right."""
+    for start, stop in _NUMBER_FIELDS:
+        if not _PLAIN_NUMBER.fullmatch(block, start, stop):
+            return False
+    checksum = int(block[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+    return checksum == 256 + sum(block[:148]) + sum(block[156:])
+
+
+def _tarfile_control(data: bytes) -> bytes | None:
+    """The ``control`` file as tarfile finds it (the reading :func:`_plain_tar_control` keeps
+    to), or None."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for entry in tar:
+            if entry.name in ("./control", "control") and entry.isfile():
+                handle = tar.extractfile(entry)
+                assert handle is not None
+                return handle.read()
+    return None
+
+
+class _Stanza(Deb822):
+    """Deb822 parsing the control paragraph, its fields kept as a plain dict as the parser sets
+    them: Deb822's own case-insensitive mapping costs more to fill and to read back than the
+    parse itself. As Deb822: a field named twice (in any case) keeps its first spelling and
+    place and its last value."""
+
+    def __init__(self, text: str) -> None:
+        self.found: dict[str, tuple[str, str]] = {}
+        super().__init__(text)
+
+    def __setitem__(self, key: str, value: str) -> None:
+        self.validate_input(key, value)
+        lower = key.lower()
+        known = self.found.get(lower)
+        self.found[lower] = (known[0] if known else key, value)
 
 
 def parse_control(raw: bytes) -> DebInfo:
@@ -153,8 +246,7 @@ def parse_control(raw: bytes) -> DebInfo:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise DebError("control file is not UTF-8") from None
-    stanza = Deb822(text)
-    fields = tuple((k, v) for k, v in stanza.items())
+    fields = tuple(_Stanza(text).found.values())
     values = dict(fields)
     for required in ("Package", "Version", "Architecture"):
         if not values.get(required, "").strip():
@@ -182,6 +274,8 @@ REPO_FIELDS = frozenset({"filename", "size", "md5sum", "sha1", "sha256", "sha512
 
 
 def _field_lines(name: str, value: str) -> str:
+    if "\n" not in value:
+        return f"{name}: {value.strip()}".rstrip()
     lines = value.split("\n")
     first = lines[0].strip()
     rest = [ln if ln.startswith((" ", "\t")) else f" {ln}" for ln in lines[1:] if ln.strip()]
