@@ -32,7 +32,7 @@ from repobuild.formats import manifest
 from repobuild.formats.manifest import ManifestError, rfc3339
 from repobuild.formats.simple import project_files, render_root
 from repobuild.gc import record_history
-from repobuild.ingest import Ingested, Job, ingest_batch, ingest_into
+from repobuild.ingest import Ingested, Job, classify, ingest_batch, ingest_into
 from repobuild.keys import KeySet, check_keydir, load_keys, make_trust
 from repobuild.mirror.cachepolicy import render_headers_file, render_nginx_snippet
 from repobuild.model import Artifact, FileEntry
@@ -142,8 +142,13 @@ def _ingest_all(
     link: bool,
     sha512: bool,
     progress: Progress | None,
+    group_done: Callable[[str, list[Ingested]], None] | None = None,
 ) -> list[Ingested]:
     """Each file read once, or not at all when the cache vouches for it and its blob is there.
+
+    The files are read by group, Python files, then .deb files, then the rest (see GROUPS), and
+    ``group_done`` is called with each group as soon as it is all in, so that its indices are
+    made while the rest is read.
 
     The files to read go to the worker processes in batches; each worker hashes, inspects and
     places the blob. Every blob or .metadata file this build creates is added to ``created``
@@ -164,6 +169,20 @@ def _ingest_all(
     if progress:
         progress(done, len(files))
     root = str(tree.root)
+    group_of = [_group(sf.rel) for sf in files]
+    todo.sort(key=lambda pos: GROUPS.index(group_of[pos]))  # stable: SOURCE order in a group
+    left = dict.fromkeys(GROUPS, 0)
+    for pos in todo:
+        left[group_of[pos]] += 1
+
+    def group_in(group: str) -> None:
+        if group_done is not None:
+            group_done(group, [item for pos, item in enumerate(slots)
+                               if item is not None and group_of[pos] == group])
+
+    for group in GROUPS:
+        if not left[group]:
+            group_in(group)
 
     def job(pos: int) -> Job:
         sf = files[pos]
@@ -171,17 +190,24 @@ def _ingest_all(
 
     def take(positions: list[int], items: list[Ingested], error: BaseException | None) -> None:
         nonlocal done
+        finished: list[str] = []
         for pos, item in zip(positions, items, strict=False):
             slots[pos] = item
             if item.placed:
                 created.append(item.artifact.blob)
             if item.meta_created:
                 created.append(item.artifact.blob + ".metadata")
+            group = group_of[pos]
+            left[group] -= 1
+            if not left[group]:
+                finished.append(group)
         done += len(items)
         if progress:
             progress(done, len(files))
         if error is not None:
             raise error
+        for group in finished:
+            group_in(group)
 
     if workers.count == 0:
         for pos in todo:
@@ -193,6 +219,16 @@ def _ingest_all(
     else:
         _in_workers(files, todo, workers, root, job, take, link=link, sha512=sha512)
     return [item for item in slots if item is not None]
+
+
+#: the order in which files are read: Python files first (their pages are written by the
+#: workers while the rest is read), then .deb files (their indices compress meanwhile)
+GROUPS = ("python", "deb", "other")
+
+
+def _group(rel: str) -> str:
+    kind = classify(rel.rsplit("/", 1)[-1])
+    return "python" if kind in ("wheel", "sdist?") else "deb" if kind == "deb" else "other"
 
 
 def _in_workers(
@@ -248,11 +284,20 @@ def _in_workers(
         raise failure
 
 
+def _describe(art: Artifact, config: Config, first_seen: dict[str, str] | None,
+              stamp_now: str) -> None:
+    """What the build adds to a file's artifact: when it came, its component, yanked or not."""
+    art.uploaded = (first_seen or {}).get(art.sha256) or stamp_now
+    art.component = config.component_for(art.path)
+    if art.dist is not None:
+        art.yanked = config.yank_reason(art.path)
+
+
 def _stage_pages(
-    tree: OutTree, workers: Workers, projects: list[Project]
+    root: str, workers: Workers, projects: list[Project]
 ) -> list[Callable[[], list[Staged]]]:
-    """Project pages in batches, to the workers (or rendered here, without them)."""
-    root = str(tree.root)
+    """Project pages in batches, to the workers (or rendered here, without them), written
+    below ``root`` (OUT, or a folder that lands whole)."""
     jobs: list[Callable[[], list[Staged]]] = []
     for start in range(0, len(projects), PAGE_BATCH):
         batch = projects[start:start + PAGE_BATCH]
@@ -531,9 +576,33 @@ def build(
 
         phase("reading")
         cache = BuildCache(tree.state, enabled=not rehash)
+        stamp_now = rfc3339(now)
+        early: list[AptJob] = []
+        early_pages: list[tuple[list[Project], list[Callable[[], list[Staged]]]]] = []
+        first_build = not tree.path(INDEX).exists()
+
+        def group_done(group: str, items: list[Ingested]) -> None:
+            """Indices made while the other files are read."""
+            if group == "deb":  # the apt indices compress in threads
+                debs = [item.artifact for item in items if item.artifact.deb is not None]
+                for art in debs:
+                    art.component = config.component_for(art.path)
+                early.append(AptJob(debs, config))
+            elif group == "python" and first_build and workers.count:
+                # a first build: the workers write the project pages into a folder of their
+                # own, which lands whole (one rename) with the other indices
+                folder = tree.stage_folder("simple")
+                if folder is None:
+                    return
+                dists = [item.artifact for item in items if item.artifact.dist is not None]
+                for art in dists:
+                    _describe(art, config, None, stamp_now)
+                projects = list(project_files(dists).items())
+                early_pages.append((projects, _stage_pages(folder, workers, projects)))
+
         ingested = _ingest_all(
             files, tree, cache, workers, created,
-            link=link, sha512=config.sha512, progress=progress,
+            link=link, sha512=config.sha512, progress=progress, group_done=group_done,
         )
         prev = prev_job()  # an unreadable index fails here: what was placed is undone
         version = (prev.version + 1) if prev else 1
@@ -542,12 +611,8 @@ def build(
         arts = [i.artifact for i in ingested]
         _check_duplicates(arts)
         first_seen = prev.uploaded if prev else {}
-        stamp_now = rfc3339(now)
         for art in arts:
-            art.uploaded = first_seen.get(art.sha256) or stamp_now
-            art.component = config.component_for(art.path)
-            if art.dist is not None:
-                art.yanked = config.yank_reason(art.path)
+            _describe(art, config, first_seen, stamp_now)
         if prev is not None:  # what is still current is no candidate for keeping as retired
             prev.uploaded = {}
             for art in arts:
@@ -557,15 +622,19 @@ def build(
         phase("rendering")
         # the project pages are rendered and written by the workers while this process
         # renders the apt indices, the landing page and the rest
-        projects = list(project_files([a for a in arts if a.dist is not None]).items())
-        page_jobs = _stage_pages(tree, workers, projects)
+        if early_pages:
+            projects, page_jobs = early_pages.pop()
+        else:
+            projects = list(project_files([a for a in arts if a.dist is not None]).items())
+            page_jobs = _stage_pages(str(tree.root), workers, projects)
         # OUT as it is before landing, for the pruning after it (what landing adds is listed),
         # walked meanwhile. OUT held nothing before a first build and the cache vouched for
         # nothing: all there is was written by this build
         fresh_tree = prev is None and not any(item.cached for item in ingested)
         survey_job = (lambda: ([], set())) if fresh_tree else _survey_later(tree, arts, workers)
-        # the Packages files compress in threads meanwhile
-        apt_job = AptJob([a for a in arts if a.deb is not None], config)
+        # the Packages files compress in threads (since the last .deb was read)
+        apt_job = early[0] if early else AptJob([a for a in arts if a.deb is not None], config)
+        early.clear()
         components = tuple(apt_job.components)
         keys = keys_job.result()
         # Everything rendered is staged at once (written aside, or found identical in OUT) and

@@ -10,6 +10,7 @@ entry is allowed to be absent, so removing it leaves the tree valid without re-s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +35,10 @@ def record_history(tree: OutTree, version: int, index: Path) -> Callable[[], Non
     folder = tree.state / HISTORY
     folder.mkdir(exist_ok=True)
     tmp = tree.temp_path()
-    shutil.copyfile(index, tmp)
+    try:  # a second name for the same bytes: index.json is only ever replaced, never rewritten
+        os.link(index, tmp)
+    except OSError:
+        shutil.copyfile(index, tmp)
 
     def file_it() -> None:
         tmp.replace(folder / f"{version:08d}.json")

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 STATE_DIR = ".repobuild"
 LANDED = "/"  # a staged file that was written in place already
+IN_FOLDER = "//"  # a staged file inside a folder that lands whole (OutTree.stage_folder)
 STAGE_BATCH_BYTES = 1 << 20
 STAGE_BATCH_FILES = 256
 
@@ -44,6 +45,7 @@ class OutTree:
         self._batch: list[tuple[str, bytes | bytearray]] = []
         self._batch_bytes = 0
         self._pending: deque[Future[list[tuple[str, str | None]]]] = deque()
+        self._folders: dict[str, str] = {}  # top-level folder -> where it is being written
 
     # -- lifecycle -------------------------------------------------------------------------
     def open(self) -> None:
@@ -122,10 +124,32 @@ class OutTree:
     def use_workers(self, workers: Workers) -> None:
         self._workers = workers if workers.count else None
 
+    def stage_folder(self, top: str) -> str | None:
+        """When OUT has no top-level folder ``top``: a private root (in OUT/.repobuild/tmp) in
+        which it is written, at any time during the build; the first :meth:`commit_many` of a
+        file in it renames the whole folder into place. None when ``top`` exists."""
+        if top in self._folders:
+            return self._folders[top]
+        if os.path.lexists(self.path(top)):
+            return None
+        root = self.tmp / f"folder-{top}"
+        (root / top).mkdir(parents=True)
+        self._folders[top] = str(root)
+        return str(root)
+
+    def _folder_of(self, rel: str) -> str | None:
+        top, sep, _rest = rel.partition("/")
+        return self._folders.get(top) if sep else None
+
     def stage(self, rel: str, data: bytes | bytearray) -> tuple[int, str]:
         """Write ``data`` aside (unless OUT already holds exactly these bytes) and return
         (size, sha256) at once; :meth:`commit_many` puts it in place later, by a rename."""
         size, digest = len(data), hashlib.sha256(data).hexdigest()
+        folder = self._folder_of(rel)
+        if folder is not None:
+            write_aside(folder, [(rel, data)])
+            self._staged[rel] = IN_FOLDER
+            return size, digest
         if self._workers is None or size > STAGE_BATCH_BYTES:
             # a large file (the in-toto link, Packages at 100,000 packages) is written here:
             # sending it to a worker would hold a pickled copy as well
@@ -139,7 +163,7 @@ class OutTree:
 
     def adopt(self, rel: str, where: str | None) -> None:
         """Record a file that a worker rendered and wrote aside itself (see write_aside)."""
-        self._staged[rel] = where
+        self._staged[rel] = IN_FOLDER if self._folder_of(rel) is not None else where
 
     def _send(self) -> None:
         if not self._batch:
@@ -162,6 +186,12 @@ class OutTree:
         if tmp is None:
             return False
         if tmp == LANDED:
+            return True
+        if tmp == IN_FOLDER:
+            top = rel.partition("/")[0]
+            folder = self._folders.pop(top, None)
+            if folder is not None:  # the first of its files: the whole folder lands
+                os.rename(f"{folder}/{top}", self.path(top))
             return True
         dest = self.path(rel)
         try:

@@ -33,6 +33,19 @@ def _die_with_parent(parent: int) -> None:
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _keep_freed_memory()
+
+
+def _keep_freed_memory() -> None:
+    """Have glibc's malloc reuse freed read buffers instead of unmapping and mapping them
+    again: a read of a file of 128 KB or more gets a fresh mmap from glibc by default, whose
+    page faults and zeroing cost ~0.1 ms per file, a tenth of hashing a 500 KB file."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD: keep up to 64 MB of freed heap
+        libc.mallopt(-3, 8 << 20)  # M_MMAP_THRESHOLD: blocks up to 8 MB from the heap
+    except (OSError, AttributeError):
+        pass
 
 
 def _ready() -> int:

@@ -55,9 +55,11 @@ def listed(index: dict) -> dict[str, tuple[int, str]]:
     return out
 
 
-def build_into(source: Path, out: Path, epoch: int = EPOCH) -> None:
-    repobuild("build", source, "--out", out, "--keys", DEMO_KEYS,
-              env={"SOURCE_DATE_EPOCH": str(epoch)}, check=True)
+def build_into(source: Path, out: Path, epoch: int = EPOCH, workers: str = "") -> None:
+    env = {"SOURCE_DATE_EPOCH": str(epoch)}
+    if workers:
+        env["REPOBUILD_WORKERS"] = workers
+    repobuild("build", source, "--out", out, "--keys", DEMO_KEYS, env=env, check=True)
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +77,11 @@ def out_a(source: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def out_b(source: Path, out_a: Path) -> Path:
-    """A second build of the same release into another empty folder, same epoch."""
+    """A second build of the same release into another empty folder, same epoch; this one in
+    worker processes (the files read by group, the project pages written into a folder that
+    lands whole), the first in-process: the same tree either way."""
     out = source.parent / "out-b"
-    build_into(source, out)
+    build_into(source, out, workers="2")
     return out
 
 
