@@ -81,19 +81,18 @@ def _previous(tree: OutTree, workers: Workers) -> Callable[[], manifest.Previous
                 tree.root,
             )
         return lambda: None
-    # the summary the build that wrote the index saved beside it, if it is this index's
-    saved = _saved_previous(tree, path)
-    if saved is not None:
-        return lambda: saved
-    # parsing 100,000 entries peaks at ~3 × their final size: a large index is parsed in a
-    # worker process, which hands back only the summary (pickling it costs more than parsing
-    # a small one here)
+    # Read from the summary the build that wrote the index saved beside it, if it is this
+    # index's, else from the index. Reading 100,000 entries peaks at ~3 × their final size: a
+    # large index is read by a worker process, which hands back only the summary (pickling it
+    # costs more than reading a small one here).
+    summary = str(tree.state / SUMMARY)
     large = path.stat().st_size > PARSE_ASIDE_BYTES
-    job = workers.submit(_read_previous, str(path)) if workers.count and large else None
+    job = (workers.submit(_read_previous, str(path), summary) if workers.count and large
+           else None)
 
     def result() -> manifest.Previous | None:
         try:
-            return job.result() if job is not None else _read_previous(str(path))
+            return job.result() if job is not None else _read_previous(str(path), summary)
         except (ManifestError, OSError) as exc:
             raise ValidationError(
                 f"the existing index is unreadable ({exc}); not building over it", path
@@ -105,31 +104,29 @@ def _previous(tree: OutTree, workers: Workers) -> Callable[[], manifest.Previous
 SUMMARY = "previous.json"  # in OUT/.repobuild/: the summary of index.json, for the next build
 
 
-def _saved_previous(tree: OutTree, index: Path) -> manifest.Previous | None:
-    try:
-        with open(index, "rb") as fh:
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        data = (tree.state / SUMMARY).read_bytes()
-    except OSError:
-        return None
-    return manifest.previous_from_json(data, digest)
-
-
-def _save_summary(tree: OutTree, summary: manifest.Previous, index_sha256: str) -> None:
+def _save_summary(tree: OutTree, version: int, arts: list[Artifact],
+                  listed: dict[str, FileEntry], index_sha256: str) -> None:
     """Saved after index.json is in place: a build killed in between leaves an older summary,
     whose hash no longer matches, so the next build parses index.json instead."""
     tmp = tree.temp_path()
     try:
         with open(tmp, "w", encoding="ascii") as fh:
-            manifest.write_previous(fh.write, summary, index_sha256)
+            manifest.write_summary(fh.write, version, arts, listed, index_sha256)
         os.replace(tmp, tree.state / SUMMARY)
     except OSError:
         tmp.unlink(missing_ok=True)  # only a cache: the next build parses index.json
 
 
-def _read_previous(path: str) -> manifest.Previous:
-    with open(path, "rb") as fh:
-        return manifest.previous(fh.read())
+def _read_previous(index: str, summary: str) -> manifest.Previous:
+    """From the saved summary when it is this index's (its SHA-256), else from the index."""
+    with open(index, "rb") as fh:
+        data = fh.read()
+    try:
+        with open(summary, "rb") as fh:
+            saved = manifest.previous_from_json(fh.read(), hashlib.sha256(data).hexdigest())
+    except OSError:
+        saved = None
+    return saved if saved is not None else manifest.previous(data)
 
 
 def _ingest_all(
@@ -315,10 +312,24 @@ def _survey_later(
     """OUT walked by a worker (:func:`repobuild.store.survey`) while this process renders."""
     expected = [art.blob for art in arts]
     expected += [art.blob + ".metadata" for art in arts if art.kind == "wheel"]
-    if workers.count:
-        return workers.submit(survey, str(tree.root), expected).result  # type: ignore[no-any-return]
-    found = survey(str(tree.root), expected)
-    return lambda: found
+    if not workers.count:
+        found = survey(str(tree.root), expected)
+        return lambda: found
+    job = workers.submit(_survey_packed, str(tree.root), expected)
+    del expected
+
+    def result() -> tuple[list[str], set[str]]:
+        packed, missing = job.result()
+        return packed.decode("utf-8", "surrogateescape").split("\0") if packed else [], missing
+
+    return result
+
+
+def _survey_packed(root: str, expected: list[str]) -> tuple[bytes, set[str]]:
+    """:func:`survey` in a worker; the paths come back as one NUL-separated string (no file
+    name holds a NUL), not 150,000 string objects unpickled into the build's process."""
+    others, missing = survey(root, expected)
+    return "\0".join(others).encode("utf-8", "surrogateescape"), missing
 
 
 def _restore_missing(
@@ -627,11 +638,6 @@ def build(
         else:
             projects = list(project_files([a for a in arts if a.dist is not None]).items())
             page_jobs = _stage_pages(str(tree.root), workers, projects)
-        # OUT as it is before landing, for the pruning after it (what landing adds is listed),
-        # walked meanwhile. OUT held nothing before a first build and the cache vouched for
-        # nothing: all there is was written by this build
-        fresh_tree = prev is None and not any(item.cached for item in ingested)
-        survey_job = (lambda: ([], set())) if fresh_tree else _survey_later(tree, arts, workers)
         # the Packages files compress in threads (since the last .deb was read)
         apt_job = early[0] if early else AptJob([a for a in arts if a.deb is not None], config)
         early.clear()
@@ -696,6 +702,12 @@ def build(
         for path in sorted(provenance):  # popped: the staged copy is the only one left
             stage(path, provenance.pop(path), tops)
             listed[path] = current[path]
+        # OUT as it is before landing, for the pruning after it (what landing adds is listed),
+        # walked by a worker meanwhile (only now: its answer is not held through the link's
+        # peak of memory). OUT held nothing before a first build and the cache vouched for
+        # nothing: all there is was written by this build
+        fresh_tree = prev is None and not any(item.cached for item in ingested)
+        survey_job = (lambda: ([], set())) if fresh_tree else _survey_later(tree, arts, workers)
 
         meta: dict[str, Any] = {
             "origin": config.origin,
@@ -744,7 +756,7 @@ def build(
             tree.write(path, data)
         failed = False
         history()
-        _save_summary(tree, manifest.summary(version, arts, listed), index_hash.hexdigest())
+        _save_summary(tree, version, arts, listed, index_hash.hexdigest())
         for item in ingested:
             if item.stamp is not None:
                 cache.record(item.artifact, item.stamp, metadata_sizes.get(item.artifact.path))

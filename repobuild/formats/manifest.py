@@ -257,26 +257,35 @@ class Previous:
     kept_files: dict[str, FileEntry]
 
 
-def summary(version: int, artifacts: list[Artifact], files: dict[str, FileEntry]) -> Previous:
-    """The :class:`Previous` of the index that :func:`render_to` writes from the same data
-    (what :func:`previous` gives for it), made without reading the index back."""
-    uploaded = {a.sha256: a.uploaded for a in artifacts}
-    kept = {p: f for p, f in files.items() if p.startswith("blobs/") or "/by-hash/" in p}
-    for a in sorted(artifacts, key=_by_path):  # the index's order: the first entry wins
-        kept.setdefault(a.blob, FileEntry(a.size, a.sha256))
-        if a.metadata_sha256:
-            kept.setdefault(a.blob + ".metadata", FileEntry(-1, a.metadata_sha256))
-    return Previous(version, uploaded, kept)
-
-
-def write_previous(write: Callable[[str], object], prev: Previous, index_sha256: str) -> None:
-    """A summary saved beside the index it summarizes (OUT/.repobuild/), keyed by its hash;
-    written entry by entry (150,000 kept files at 100,000 artifacts)."""
+def write_summary(write: Callable[[str], object], version: int, artifacts: list[Artifact],
+                  files: dict[str, FileEntry], index_sha256: str) -> None:
+    """The :class:`Previous` of the index that :func:`render_to` writes from the same data (what
+    :func:`previous` gives for it), as JSON keyed by the index's hash, to be saved beside it in
+    OUT/.repobuild/. Written entry by entry, never held (150,000 entries at 100,000
+    artifacts)."""
     enc = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
-    write(f'{{"format":1,"index_sha256":{enc(index_sha256)},"version":{int(prev.version)},')
-    write(f'"uploaded":{enc(prev.uploaded)},"kept":{{')
-    for n, (path, f) in enumerate(prev.kept_files.items()):
-        write(f'{"," if n else ""}{enc(path)}:{enc([f.size, f.sha256, f.retired])}')
+    write(f'{{"format":1,"index_sha256":{enc(index_sha256)},"version":{int(version)},')
+    write('"uploaded":{')
+    for n, a in enumerate(artifacts):
+        write(f'{"," if n else ""}{enc(a.sha256)}:{enc(a.uploaded)}')
+    write('},"kept":{')
+    sep = ""
+    for path, f in files.items():
+        if path.startswith("blobs/") or "/by-hash/" in path:
+            write(f"{sep}{enc(path)}:{enc([f.size, f.sha256, f.retired])}")
+            sep = ","
+    # Files listed under "files" win over the artifacts' entries, as in previous(). Two files
+    # with the same bytes and name share a blob and write the same entry twice (JSON keeps
+    # one); a set of 100,000 paths to avoid that would cost more memory than it is worth.
+    for a in artifacts:
+        blob = a.blob
+        if blob not in files:
+            write(f"{sep}{enc(blob)}:{enc([a.size, a.sha256, None])}")
+            sep = ","
+        meta = blob + ".metadata"
+        if a.metadata_sha256 and meta not in files:
+            write(f"{sep}{enc(meta)}:{enc([-1, a.metadata_sha256, None])}")
+            sep = ","
     write("}}")
 
 
