@@ -94,6 +94,7 @@ class KeySet:
     keydir: Path
     gpg: GpgSigner
     gpg_public: bytes
+    gpg_public_binary: bytes = b""  # the same key unarmored: keys/repo.gpg, apt's signed-by
     cosign: Any | None = None  # repobuild.signing.cosign.CosignSigner
     cosign_public: bytes | None = None
     owner_key: Any | None = None  # PEM bytes, or a UriSigner
@@ -167,7 +168,8 @@ def load_keys(
         cosign_job = pool.submit(_load_cosign, keydir)
         pool.shutdown(wait=False)
     signer = GpgSigner(secret, faked_time=faked_time)
-    ks = KeySet(keydir=keydir, gpg=signer, gpg_public=signer.public_key(armor=True))
+    ks = KeySet(keydir=keydir, gpg=signer, gpg_public=signer.public_key(armor=True),
+                gpg_public_binary=signer.public_key(armor=False))
     try:
         ks.insecure_demo = (keydir / DEMO_MARKER).exists()
         trust_path = keydir / "trust.json"

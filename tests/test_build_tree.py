@@ -354,3 +354,11 @@ def test_rebuild_adds_a_package_keeps_blobs_and_retires_removed_files(tmp_path: 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def test_repo_keyring_is_the_published_public_key_unarmored(out_a: Path) -> None:
+    """keys/repo.gpg (apt's Signed-By) is exported from the signer's home; it must be exactly
+    keys/public.asc without its armour, and hold the public key only."""
+    public_asc = (out_a / "keys" / "public.asc").read_bytes()
+    assert (out_a / "keys" / "repo.gpg").read_bytes() == dearmor(public_asc)
+    assert b"PRIVATE KEY" not in public_asc
