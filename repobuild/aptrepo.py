@@ -98,8 +98,3 @@ class AptJob:
         out.mutable[f"{base}/Release.gpg"] = signer.sign(release)
         return out
 
-
-def build_apt(
-    debs: list[Artifact], config: Config, signer: GpgSigner, now: datetime
-) -> AptOutput:
-    return AptJob(debs, config).finish(signer, now)

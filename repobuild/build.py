@@ -39,7 +39,6 @@ from repobuild.model import Artifact, FileEntry
 from repobuild.pyrepo import Project, Staged, stage_project_pages
 from repobuild.scan import SourceFile, scan_source
 from repobuild.signing.cosign import public_key_hint
-from repobuild.signing.gpg import dearmor
 from repobuild.store import OutTree, survey
 from repobuild.templating import render_large
 from repobuild.trust import KEYLESS_BUNDLE
@@ -412,7 +411,7 @@ def _keys_files(keys: KeySet) -> dict[str, bytes]:
     files = {
         "keys/public.asc": keys.gpg_public,
         # exported from the signer's own home (a fresh gpg home to dearmor costs ~0.1 s here)
-        "keys/repo.gpg": keys.gpg_public_binary or dearmor(keys.gpg_public),
+        "keys/repo.gpg": keys.gpg_public_binary,
     }
     if keys.cosign_public:
         files["keys/cosign.pub"] = keys.cosign_public

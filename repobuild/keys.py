@@ -94,7 +94,7 @@ class KeySet:
     keydir: Path
     gpg: GpgSigner
     gpg_public: bytes
-    gpg_public_binary: bytes = b""  # the same key unarmored: keys/repo.gpg, apt's signed-by
+    gpg_public_binary: bytes  # the same key unarmored: keys/repo.gpg, apt's signed-by
     cosign: Any | None = None  # repobuild.signing.cosign.CosignSigner
     cosign_public: bytes | None = None
     owner_key: Any | None = None  # PEM bytes, or a UriSigner
