@@ -5,19 +5,23 @@
 Generates (or reuses, under bench/work/) a corpus of N artifacts, then times on the same,
 page-cache-warm files: the hashing floor (openssl, 2 processes), cp -r, repobuild cold builds
 (copy and --link), repobuild rebuilds (nothing changed; one .deb added), apt-ftparchive,
-aptly and reprepro (debs only; each unsigned and signed with the demo key), simple503 and
-dumb-pypi (wheels only). Each figure is printed with its ratio to the floor of the same work,
-and the table is appended to bench/RESULTS.md. See bench/README.md for what each figure means.
+aptly and reprepro (debs only; each unsigned and signed with the demo key in its default
+configuration, and signed in one that writes what repobuild writes: reprepro with .xz, aptly
+with by-hash), simple503 and dumb-pypi (wheels only). Each figure is printed with its ratio
+to the floor of the same work, and the table is appended to bench/RESULTS.md. See
+bench/README.md for what each figure means.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import lzma
 import shlex
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
@@ -165,20 +169,26 @@ def run_all(
         bench.missing("apt-ftparchive", "deb", peers.missing["apt-ftparchive"])
 
     # aptly and reprepro, unsigned (as they are often benchmarked) and signed with the demo key,
-    # as repobuild always signs; each over the same architectures as repobuild's apt index
+    # as repobuild always signs; each over the same architectures as repobuild's apt index.
+    # Their default configurations write less than repobuild (Packages, .gz, .xz and by-hash
+    # copies in each binary-<arch>), so each is also run signed in the configuration that comes
+    # closest to it ("matched"): reprepro with .xz (it has no by-hash), aptly with by-hash (it
+    # writes .bz2, never .xz)
     apt_tools: list[AptPeer] = []
-    for kind in ("unsigned", "signed"):
+    for kind in ("unsigned", "signed", "matched"):
         for exe in ("aptly", "reprepro"):
+            cls = AptlyPeer if exe == "aptly" else RepreproPeer
             if not peers.has(exe):
                 if kind == "unsigned":
                     bench.missing(exe, "deb", peers.missing[exe])
-            elif kind == "signed" and not gpg.ok:
-                bench.missing(f"{exe}, signed", "deb", gpg.why)
+            elif kind != "unsigned" and not gpg.ok:
+                match = f", {cls.MATCH}" if kind == "matched" else ""
+                bench.missing(f"{exe}, signed{match}", "deb", gpg.why)
             else:
-                cls = AptlyPeer if exe == "aptly" else RepreproPeer
                 apt_tools.append(cls(peers.tools[exe], deb_dir, arches,
-                                     gpg if kind == "signed" else None))
-    apt_tools.sort(key=lambda p: p.order)  # each tool's signed row right below its unsigned
+                                     None if kind == "unsigned" else gpg,
+                                     matched=kind == "matched"))
+    apt_tools.sort(key=lambda p: p.order)  # each tool's signed rows right below its unsigned
     apt_repos: list[tuple[AptPeer, Path]] = []  # the ones that took the N debs, and where
     for tool in apt_tools:
         try:
@@ -262,14 +272,16 @@ def run_all(
     if runs.get("repobuild rebuild, +1 deb"):
         bench.check("repobuild verify after the rebuilds",
                     common.repobuild_cmd("verify", out_copy, "--trust", args.trust), t)
-    # untimed: the peers indexed what repobuild did (same architectures, same packages), and
-    # the signed ones made signatures that gpgv accepts with the demo public key
+    # untimed: the peers indexed what repobuild did (same architectures, same packages), the
+    # signed ones made signatures that gpgv accepts with the demo public key, and repobuild and
+    # the matched peers wrote the .xz / by-hash files they are there for
     checks_before = bench.checks_failed
     deb_arch = [p.stem.rsplit("_", 1)[-1] for p in corpus.paths("deb") + added]
     want = {f"main/binary-{a}": sum(1 for d in deb_arch if d in (a, "all")) for a in arches}
-    trees = [("repobuild", out_copy / "dists" / "stable", False)]
-    trees += [(tool.name, tool.dists(root), tool.gpg is not None) for tool, root in apt_repos]
-    for name, dists, signed in trees:
+    trees = [("repobuild", out_copy / "dists" / "stable", False, True, True)]
+    trees += [(tool.name, tool.dists(root), tool.gpg is not None, tool.writes_xz,
+               tool.by_hash) for tool, root in apt_repos]
+    for name, dists, signed, xz, by_hash in trees:
         found = apt_index(dists)
         bench.verdict(f"{name}: indexes {', '.join(f'{v} in {k}' for k, v in want.items())}",
                       None if found == want else f"indexes {found}")
@@ -278,11 +290,30 @@ def run_all(
                                 ("Release.gpg", [dists / "Release.gpg", dists / "Release"])):
                 bench.check(f"{name}: gpgv {what}",
                             ["gpgv", "--keyring", str(gpg.keyring), *map(str, files)], t)
+        if xz:
+            bench.verdict(f"{name}: Packages.xz in each binary-<arch>", xz_missing(dists, want))
+        if by_hash:
+            bench.verdict(f"{name}: by-hash in each binary-<arch>", by_hash_missing(dists, want))
+    matched = [tool for tool, _ in apt_repos if tool.matched]
     if bench.checks_failed == checks_before and apt_repos:
         bench.notes.append(
             "Checked (untimed) after the +1 rounds: repobuild and each apt peer list the same "
             f"packages under the same architectures ({', '.join(want)}); the signed peers' "
-            "InRelease and Release.gpg pass gpgv with keys.example/gpg/public.asc.")
+            "InRelease and Release.gpg pass gpgv with keys.example/gpg/public.asc; repobuild "
+            "wrote Packages.xz and by-hash copies" + "".join(
+                f", \"{tool.name}\" its {'Packages.xz' if tool.writes_xz else 'by-hash copies'}"
+                for tool in matched)
+            + " (.xz listed in Release and the same list as Packages; by-hash copies identical "
+            "to the current files).")
+    if matched:
+        bench.notes.append(
+            "Outputs: repobuild writes Packages, Packages.gz, Packages.xz (xz preset 6) and "
+            "by-hash copies in each binary-<arch> and signs InRelease + Release.gpg; the "
+            "default-config aptly/reprepro rows write less (no .xz, no by-hash; the unsigned ones "
+            "no signature). The rows \"…, signed, .xz like repobuild\" (reprepro: Packages, .gz, "
+            ".xz; it has no by-hash) and \"…, signed, by-hash like repobuild\" (aptly: by-hash, "
+            "but .gz + .bz2, no .xz) come closest to repobuild's outputs; compare repobuild with "
+            "those.")
     space.discard(out_copy)
 
     if args.profile:
@@ -348,18 +379,30 @@ class PeerGpg:
 
 class AptlyPeer:
     """aptly: ``repo create`` + ``repo add`` of the deb folder + ``publish repo``, then
-    ``repo add`` + ``publish update`` of one more; signed with the demo key when ``gpg``."""
+    ``repo add`` + ``publish update`` of one more; signed with the demo key when ``gpg``;
+    ``matched``: signed, and published with ``-acquire-by-hash`` (by-hash copies, as repobuild
+    writes; aptly writes Packages, .gz and .bz2, never .xz)."""
 
-    def __init__(self, exe: str, deb_dir: Path, arches: list[str], gpg: PeerGpg | None) -> None:
+    MATCH = "by-hash like repobuild"
+
+    def __init__(self, exe: str, deb_dir: Path, arches: list[str], gpg: PeerGpg | None, *,
+                 matched: bool = False) -> None:
+        assert gpg is not None or not matched, "the matched variant signs, as repobuild does"
         self.exe, self.deb_dir, self.arches, self.gpg = exe, deb_dir, arches, gpg
+        self.matched, self.writes_xz, self.by_hash = matched, False, matched
         kind = "signed" if gpg else "unsigned"
+        if matched:
+            kind += f", {self.MATCH}"
         self.name = f"aptly, {kind}"
-        self.order = (0, kind != "unsigned")
-        self.folder = "aptly-signed" if gpg else "aptly"
+        self.order = (0, 2 if matched else int(gpg is not None))
+        self.folder = "aptly-by-hash" if matched else "aptly-signed" if gpg else "aptly"
         self.cold_label = f"aptly repo create + add N + publish, {kind}"
         self.add_label = f"aptly repo add 1 + publish update, {kind}"
         self.note = ("InRelease + Release.gpg (gpg)" if gpg else
                      "-skip-signing: no InRelease, no Release.gpg")
+        if matched:
+            self.note += ("; -acquire-by-hash: by-hash copies; aptly writes Packages, .gz and "
+                          ".bz2, not .xz")
 
     def _cmd(self, root: Path, *a: str) -> str:
         return shlex.join([self.exe, f"-config={root / 'aptly.conf'}", *a])
@@ -380,10 +423,13 @@ class AptlyPeer:
             self._cmd(root, "repo", "create", "-distribution=stable", "-component=main", "bench"),
             self._cmd(root, "repo", "add", "bench", str(self.deb_dir)),
             self._cmd(root, "publish", "repo", *self._sign(), "-skip-contents",
+                      *(["-acquire-by-hash"] if self.by_hash else []),
                       f"-architectures={','.join(self.arches)}", "bench"),
         ]), timeout=timeout, env=self.gpg.env if self.gpg else None)
 
     def add(self, root: Path, new: Path, *, timeout: float) -> Run:
+        # aptly 1.5's publish update has no -acquire-by-hash: the published repository keeps
+        # the one given to publish repo (the untimed checks make sure the new by-hash is there)
         return timed(" && ".join([
             self._cmd(root, "repo", "add", "bench", str(new)),
             self._cmd(root, "publish", "update", *self._sign(), "-skip-contents", "stable"),
@@ -395,25 +441,38 @@ class AptlyPeer:
 
 class RepreproPeer:
     """reprepro: ``includedeb`` of every .deb (through xargs), then of one more; its
-    conf/distributions has ``SignWith: <the demo key>`` when ``gpg``."""
+    conf/distributions has ``SignWith: <the demo key>`` when ``gpg``; ``matched``: signed, and
+    ``DebIndices: Packages Release . .gz .xz`` (Packages.xz too, as repobuild writes; the
+    default exports Packages and .gz only, and reprepro 5.3 writes no by-hash)."""
 
-    def __init__(self, exe: str, deb_dir: Path, arches: list[str], gpg: PeerGpg | None) -> None:
+    MATCH = ".xz like repobuild"
+    DEB_INDICES = "Packages Release . .gz .xz"
+
+    def __init__(self, exe: str, deb_dir: Path, arches: list[str], gpg: PeerGpg | None, *,
+                 matched: bool = False) -> None:
+        assert gpg is not None or not matched, "the matched variant signs, as repobuild does"
         self.exe, self.deb_dir, self.arches, self.gpg = exe, deb_dir, arches, gpg
+        self.matched, self.writes_xz, self.by_hash = matched, matched, False
         kind = "signed" if gpg else "unsigned"
+        if matched:
+            kind += f", {self.MATCH}"
         self.name = f"reprepro, {kind}"
-        self.order = (1, kind != "unsigned")
-        self.folder = "reprepro-signed" if gpg else "reprepro"
+        self.order = (1, 2 if matched else int(gpg is not None))
+        self.folder = "reprepro-xz" if matched else "reprepro-signed" if gpg else "reprepro"
         self.cold_label = f"reprepro includedeb N (+ export), {kind}"
         self.add_label = f"reprepro includedeb 1 (+ export), {kind}"
         self.note = ("InRelease + Release.gpg (SignWith)" if gpg else
                      "no SignWith: no InRelease, no Release.gpg")
+        if matched:
+            self.note += f"; DebIndices: {self.DEB_INDICES} (no by-hash in reprepro)"
 
     def prepare(self, base: Path) -> None:
         (base / "conf").mkdir(parents=True)
         sign = f"SignWith: {self.gpg.fingerprint}\n" if self.gpg else ""
+        indices = f"DebIndices: {self.DEB_INDICES}\n" if self.matched else ""
         (base / "conf" / "distributions").write_text(
             "Codename: stable\nSuite: stable\nComponents: main\n"
-            f"Architectures: {' '.join(self.arches)}\n{sign}"
+            f"Architectures: {' '.join(self.arches)}\n{sign}{indices}"
         )
 
     def cold(self, base: Path, *, timeout: float) -> Run:
@@ -440,6 +499,60 @@ def apt_index(dists: Path) -> dict[str, int]:
         found[f"{packages.parent.parent.name}/{packages.parent.name}"] = sum(
             1 for line in text.splitlines() if line.startswith("Package:"))
     return found
+
+
+def xz_missing(dists: Path, folders: Iterable[str]) -> str | None:
+    """None when each ``<folder>/Packages.xz`` below ``dists`` is there, lists what Packages
+    does and is listed in Release; else what is wrong."""
+    release = _release_text(dists)
+    wrong = []
+    for folder in folders:
+        xz, plain = dists / folder / "Packages.xz", dists / folder / "Packages"
+        if not xz.is_file():
+            wrong.append(f"no {folder}/Packages.xz")
+            continue
+        try:
+            same = lzma.decompress(xz.read_bytes()) == plain.read_bytes()
+        except (lzma.LZMAError, OSError) as exc:
+            wrong.append(f"{folder}/Packages.xz: {exc}")
+            continue
+        if not same:
+            wrong.append(f"{folder}/Packages.xz is not Packages, compressed")
+        if not _release_lists(release, f"{folder}/Packages.xz"):
+            wrong.append(f"Release does not list {folder}/Packages.xz")
+    return "; ".join(wrong) or None
+
+
+def by_hash_missing(dists: Path, folders: Iterable[str]) -> str | None:
+    """None when Release says ``Acquire-By-Hash: yes`` and each Packages file (plain and
+    compressed) of each folder below ``dists`` has its identical ``by-hash/SHA256/<sha256>``
+    copy; else what is wrong."""
+    wrong = []
+    if "Acquire-By-Hash: yes" not in _release_text(dists).splitlines():
+        wrong.append("Release has no 'Acquire-By-Hash: yes'")
+    for folder in folders:
+        indexes = sorted(p for p in (dists / folder).glob("Packages*") if p.is_file())
+        if not indexes:
+            wrong.append(f"no {folder}/Packages*")
+        for index in indexes:
+            data = index.read_bytes()
+            copy = dists / folder / "by-hash" / "SHA256" / hashlib.sha256(data).hexdigest()
+            if not copy.is_file() or copy.read_bytes() != data:
+                wrong.append(f"no by-hash/SHA256 copy of {folder}/{index.name}")
+    return "; ".join(wrong) or None
+
+
+def _release_text(dists: Path) -> str:
+    try:
+        return (dists / "Release").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _release_lists(release: str, path: str) -> bool:
+    """Does Release list ``path`` (a `` <hash> <size> <path>`` line)?"""
+    return any(line.startswith(" ") and line.split()[-1:] == [path]
+               for line in release.splitlines())
 
 
 def copier(flag: str, folder: Path, t: float) -> Callable[[Path], Run]:

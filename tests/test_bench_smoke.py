@@ -171,18 +171,33 @@ def test_build_bench_smoke(tmp_path: Path) -> None:
     for peer in ("apt-ftparchive", "aptly", "reprepro", "simple503", "dumb-pypi"):
         assert peer in text  # measured, or a row saying why it is missing
     assert "CHECK FAILED" not in text
-    for tool, rows in (("aptly", ("aptly repo create + add N + publish",
-                                  "aptly repo add 1 + publish update")),
-                       ("reprepro", ("reprepro includedeb N (+ export)",
-                                     "reprepro includedeb 1 (+ export)"))):
+    matched_peers = 0
+    for tool, rows, match, made in (
+            ("aptly", ("aptly repo create + add N + publish", "aptly repo add 1 + publish update"),
+             "by-hash like repobuild", "by-hash"),
+            ("reprepro", ("reprepro includedeb N (+ export)", "reprepro includedeb 1 (+ export)"),
+             ".xz like repobuild", "Packages.xz")):
         if not shutil.which(tool) or not shutil.which("gpg"):
             continue
         for label in rows:
-            for kind in ("unsigned", "signed"):  # both measured, side by side
+            # both default configurations side by side, then the one that writes what
+            # repobuild writes (reprepro: .xz; aptly: by-hash)
+            for kind in ("unsigned", "signed", f"signed, {match}"):
                 row = next(line for line in text.splitlines()
                            if line.startswith(f"| {label}, {kind} "))
                 assert "×" in row and "FAILED" not in row, row
-        assert f"check: {tool}, signed: gpgv InRelease" in out
+        for kind in ("signed", f"signed, {match}"):
+            for what in ("InRelease", "Release.gpg"):
+                assert f"check: {tool}, {kind}: gpgv {what}" in out
+        assert f"check: {tool}, signed, {match}: indexes " in out
+        check = next(line for line in out.splitlines()
+                     if line.startswith(f"check: {tool}, signed, {match}: {made} in each "))
+        assert check.endswith(" ok"), check
+        matched_peers += 1
+    if matched_peers:
+        assert "check: repobuild: Packages.xz in each binary-<arch>" in out
+        assert "check: repobuild: by-hash in each binary-<arch>" in out
+        assert "- Outputs: repobuild writes Packages, Packages.gz, Packages.xz" in text
     assert not (tmp_path / "build-bench-n120").exists()  # outputs removed without --keep
     leftovers = list(tmp_path.glob("corpus-*/deb/new*"))
     assert not leftovers
