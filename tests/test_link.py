@@ -35,3 +35,34 @@ def test_link_builds_share_inodes_and_rebuild_reads_nothing(
     build_mod.build(source, out, DEMO_KEYS, Config(), link=True)
     assert log.reads() == [], log.reads()
     assert manifest.parse((out / "index.json").read_bytes()).version == 2
+
+
+@pytest.mark.parametrize("workers", ["0", "2"], ids=["in-process", "worker-processes"])
+def test_a_file_replaced_after_it_was_read_is_not_linked_as_its_blob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str
+) -> None:
+    """--link names the source *path* in OUT; had the path come to hold another file between
+    the read and the link, the blob would not be the bytes hashed. The build refuses."""
+    import repobuild.ingest as ingest_mod
+
+    monkeypatch.setenv("REPOBUILD_WORKERS", workers)
+    source = shutil.copytree(FIXTURES, tmp_path / "src")
+    victim = next(p for p in sorted(source.rglob("*.whl")))
+    real = ingest_mod.ingest
+
+    def then_replaced(src: object, rel: str, *args: object, **kwargs: object) -> object:
+        item = real(src, rel, *args, **kwargs)  # type: ignore[arg-type]
+        if rel == victim.relative_to(source).as_posix():
+            other = victim.with_name("swap.tmp")
+            other.write_bytes(b"not the bytes that were hashed\n")
+            other.replace(victim)  # a new inode under the same name
+        return item
+
+    monkeypatch.setattr(ingest_mod, "ingest", then_replaced)
+    out = tmp_path / "out"
+    with pytest.raises(Exception, match="changed while it was being read"):
+        build_mod.build(source, out, DEMO_KEYS, Config(), link=True)
+    assert not (out / "index.json").exists()
+    blobs = out / "blobs"
+    left = [p for p in blobs.rglob("*") if p.is_file()] if blobs.exists() else []
+    assert left == [], left

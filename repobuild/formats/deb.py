@@ -55,7 +55,7 @@ class DebInspector:
         self._control_name = ""
         self._offset = 0
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
         """Member bodies are skipped by counting, never copied (except the control member):
         buffering a 1 MiB chunk to drop it again cost as much as hashing it."""
         view = memoryview(chunk)

@@ -202,18 +202,25 @@ class _TailFile(io.RawIOBase):
 class TailInspector:
     """Keeps the last TAIL_BYTES of a stream (or all of it, for small files).
 
-    The chunks themselves are kept (references, not copies) until the later ones cover
-    TAIL_BYTES: copying every chunk into one buffer cost as much as hashing it.
+    Each kept chunk is copied once, as it comes (the reader reuses its buffer), and dropped
+    when the later ones cover TAIL_BYTES; joining them is left to the rare reader that needs
+    it. Given the stream's size, the chunks before its tail are not copied at all.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int | None = None) -> None:
         self._chunks: deque[bytes] = deque()
         self._held = 0
         self.total = 0
+        # the stream's size when known: chunks wholly before its last TAIL_BYTES are not kept
+        self._skip_below = expected - TAIL_BYTES if expected is not None else -1
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
+        """Keeps a copy of ``chunk`` (a view into a buffer reused for the next read) only when
+        it can hold part of the tail."""
         self.total += len(chunk)
-        self._chunks.append(chunk)
+        if self.total <= self._skip_below:
+            return
+        self._chunks.append(bytes(chunk))
         self._held += len(chunk)
         while self._held - len(self._chunks[0]) >= TAIL_BYTES:
             self._held -= len(self._chunks.popleft())
@@ -524,7 +531,7 @@ class TarGzSdistInspector:
         self.broken = False
         self._done = False
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
         z = self._z
         view = memoryview(chunk)
         pos = 0
