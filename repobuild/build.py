@@ -32,11 +32,27 @@ from repobuild.formats import manifest
 from repobuild.formats.manifest import ManifestError, rfc3339
 from repobuild.formats.simple import project_files, render_root
 from repobuild.gc import record_history
-from repobuild.ingest import Ingested, Job, classify, ingest_batch, ingest_into
+from repobuild.ingest import (
+    Ingested,
+    Job,
+    Packed,
+    classify,
+    ingest_batch,
+    ingest_into,
+    unpack,
+)
 from repobuild.keys import KeySet, check_keydir, load_keys, make_trust
 from repobuild.mirror.cachepolicy import render_headers_file, render_nginx_snippet
 from repobuild.model import Artifact, FileEntry
-from repobuild.pyrepo import Project, Staged, stage_project_pages
+from repobuild.pyrepo import (
+    Known,
+    Project,
+    Staged,
+    load_known,
+    renderer_version,
+    save_known,
+    stage_project_pages,
+)
 from repobuild.scan import SourceFile, scan_source
 from repobuild.signing.cosign import public_key_hint
 from repobuild.store import OutTree, survey
@@ -241,7 +257,7 @@ def _in_workers(
     """Batches of about BATCH_BYTES (at most BATCH_FILES files), a few per worker in flight;
     results are taken in order. On the first failure nothing more is sent, and every batch
     still running is waited for, so that all it placed is known (and can be undone)."""
-    window: deque[tuple[list[int], Future[tuple[list[Ingested], BaseException | None]]]] = (
+    window: deque[tuple[list[int], Future[tuple[list[Packed], BaseException | None]]]] = (
         deque()
     )
     failure: BaseException | None = None
@@ -250,7 +266,8 @@ def _in_workers(
         nonlocal failure
         positions, fut = window.popleft()
         try:
-            items, error = fut.result()
+            packed, error = fut.result()
+            items = [unpack(t) for t in packed]
         except BaseException as exc:  # a worker died (BrokenProcessPool) or pickling failed
             items, error = [], exc
         try:
@@ -289,18 +306,24 @@ def _describe(art: Artifact, config: Config, first_seen: dict[str, str] | None,
         art.yanked = config.yank_reason(art.path)
 
 
+PageJob = Callable[[], tuple[list[Staged], list[tuple[str, Known]]]]
+
+
 def _stage_pages(
-    root: str, workers: Workers, projects: list[Project]
-) -> list[Callable[[], list[Staged]]]:
+    root: str, workers: Workers, projects: list[Project], renderer: str,
+    known: dict[str, Known] | None = None,
+) -> list[PageJob]:
     """Project pages in batches, to the workers (or rendered here, without them), written
-    below ``root`` (OUT, or a folder that lands whole)."""
-    jobs: list[Callable[[], list[Staged]]] = []
+    below ``root`` (OUT, or a folder that lands whole). Those ``known`` from the last build
+    are only checked in OUT, not rendered again (repobuild.pyrepo)."""
+    jobs: list[PageJob] = []
     for start in range(0, len(projects), PAGE_BATCH):
         batch = projects[start:start + PAGE_BATCH]
+        seen = {name: known[name] for name, _files in batch if name in known} if known else None
         if workers.count:
-            jobs.append(workers.submit(stage_project_pages, root, batch).result)
+            jobs.append(workers.submit(stage_project_pages, root, batch, seen, renderer).result)
         else:
-            done = stage_project_pages(root, batch)
+            done = stage_project_pages(root, batch, seen, renderer)
             jobs.append(lambda done=done: done)  # type: ignore[misc]
     return jobs
 
@@ -456,7 +479,9 @@ def _landing(
     expires: datetime,
     arts: list[Artifact],
     components: tuple[str, ...],
-) -> bytes:
+) -> dict[str, Any]:
+    """The landing page's context, in plain values (it is rendered by a worker process, see
+    :func:`render_landing`)."""
     debs = sorted(
         (a for a in arts if a.deb),
         key=lambda a: (a.name or "", a.architecture or "", a.version or ""),
@@ -479,26 +504,39 @@ def _landing(
              "href": "keys/owner.pub"}
         )
     slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in config.label.lower())
+    return {
+        "label": config.label,
+        "description": config.description.rstrip("."),
+        "version": version,
+        "generated": rfc3339(now),
+        "expires": rfc3339(expires),
+        "keys": key_rows,
+        "gpg_fingerprint": keys.gpg.key_id,
+        "base": config.base_url or "http://HOST/PREFIX/",
+        "slug": slug or "repo",
+        "suite": config.suite,
+        "components": list(components),
+        "debs": [(a.name, a.version, a.architecture, a.component) for a in debs],
+        "projects": [(n, sorted(projects[n], key=Version)) for n in sorted(projects)],
+        "files": [(a.path, a.blob, a.size, a.sha256) for a in arts if a.kind == "file"],
+    }
+
+
+def render_landing(context: dict[str, Any]) -> bytes:
+    """The landing page from :func:`_landing`'s context (in a worker process while the build
+    renders the rest; the template's rows are made one at a time as it reaches them: 100,000
+    dicts at once cost ~50 MB)."""
+    debs, projects, files = context["debs"], context["projects"], context["files"]
     return render_large(
         "landing.html.j2",
-        label=config.label,
-        description=config.description.rstrip("."),
-        version=version,
-        generated=rfc3339(now),
-        expires=rfc3339(expires),
-        keys=key_rows,
-        gpg_fingerprint=keys.gpg.key_id,
-        base=config.base_url or "http://HOST/PREFIX/",
-        slug=slug or "repo",
-        suite=config.suite,
-        components=list(components),
-        # rows made as the template reaches them: 100,000 dicts at once cost ~50 MB
-        debs=_Rows(debs, lambda a: {"name": a.name, "version": a.version,
-                                    "architecture": a.architecture, "component": a.component}),
-        projects=_Rows(sorted(projects), lambda n: {
-            "name": n, "versions": sorted(projects[n], key=Version)}),
-        files=_Rows([a for a in arts if a.kind == "file"], lambda a: {
-            "path": a.path, "href": a.blob, "size": a.size, "sha256": a.sha256}),
+        **{
+            **context,
+            "debs": _Rows(debs, lambda d: {"name": d[0], "version": d[1],
+                                           "architecture": d[2], "component": d[3]}),
+            "projects": _Rows(projects, lambda p: {"name": p[0], "versions": p[1]}),
+            "files": _Rows(files, lambda f: {"path": f[0], "href": f[1], "size": f[2],
+                                             "sha256": f[3]}),
+        },
     )
 
 
@@ -589,8 +627,9 @@ def build(
         cache = BuildCache(tree.state, enabled=not rehash)
         stamp_now = rfc3339(now)
         early: list[AptJob] = []
-        early_pages: list[tuple[list[Project], list[Callable[[], list[Staged]]]]] = []
+        early_pages: list[tuple[list[Project], list[PageJob]]] = []
         first_build = not tree.path(INDEX).exists()
+        renderer = renderer_version()
 
         def group_done(group: str, items: list[Ingested]) -> None:
             """Indices made while the other files are read."""
@@ -609,7 +648,7 @@ def build(
                 for art in dists:
                     _describe(art, config, None, stamp_now)
                 projects = list(project_files(dists).items())
-                early_pages.append((projects, _stage_pages(folder, workers, projects)))
+                early_pages.append((projects, _stage_pages(folder, workers, projects, renderer)))
 
         ingested = _ingest_all(
             files, tree, cache, workers, created,
@@ -637,7 +676,9 @@ def build(
             projects, page_jobs = early_pages.pop()
         else:
             projects = list(project_files([a for a in arts if a.dist is not None]).items())
-            page_jobs = _stage_pages(str(tree.root), workers, projects)
+            known = load_known(tree.state, renderer) if prev is not None else None
+            page_jobs = _stage_pages(str(tree.root), workers, projects, renderer, known)
+            del known
         # the Packages files compress in threads (since the last .deb was read)
         apt_job = early[0] if early else AptJob([a for a in arts if a.deb is not None], config)
         early.clear()
@@ -667,10 +708,17 @@ def build(
         for path, data in _keys_files(keys).items():
             stage(path, data, mutable)
         stage("keys/repo.sources", _repo_sources(config, components, keys.gpg_public), mutable)
-        stage("index.html", _landing(
+        landing_context = _landing(
             config=config, keys=keys, version=version, now=now, expires=expires,
             arts=arts, components=components,
-        ), tops)
+        )
+        landing_job: Callable[[], bytes]
+        if workers.count:
+            landing_job = workers.submit(render_landing, landing_context).result
+        else:
+            page = render_landing(landing_context)
+            landing_job = lambda: page  # noqa: E731
+        del landing_context
         root_html, root_json = render_root([name for name, _files in projects])
         stage("simple/index.html", root_html, tops)
         stage("simple/index.json", root_json, tops)
@@ -682,11 +730,16 @@ def build(
         for path, data in apt.mutable.items():
             stage(path, data, mutable if "/binary-" in path else tops)
         del apt
+        page_rows: list[tuple[str, Known]] = []
         for job in page_jobs:
-            for path, size, digest, where in job():
+            staged, rows = job()
+            page_rows += rows
+            for path, size, digest, where in staged:
                 tree.adopt(path, where)
                 current[path] = FileEntry(size, digest)
                 mutable.append(path)
+        del page_jobs
+        stage("index.html", landing_job(), tops)
         stage("_headers", render_headers_file(), mutable)
         stage("nginx-repobuild.conf", render_nginx_snippet(), mutable)
 
@@ -772,6 +825,7 @@ def build(
                 result.removed += 1
         del on_disk
         cache.save(tree.temp_path())
+        save_known(tree.state, tree.temp_path(), renderer, page_rows)
         for art in arts:
             result.by_kind[art.kind] = result.by_kind.get(art.kind, 0) + 1
         if keys.insecure_demo:

@@ -16,6 +16,10 @@ def _template_dir() -> Path:
     raise RuntimeError("repobuild's templates folder is missing from the installation")
 
 
+def template_path(name: str) -> Path:
+    return _template_dir() / name
+
+
 @cache
 def environment() -> jinja2.Environment:
     return jinja2.Environment(

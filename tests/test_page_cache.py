@@ -1,0 +1,127 @@
+"""A rebuild renders only the project pages that would change (repobuild.pyrepo).
+
+Each project's pages are recorded in OUT/.repobuild/pages.json with a key over what they are
+rendered from; an unchanged project is not rendered again, but only when both its pages in OUT
+still hash to what was recorded. A page edited in OUT (even keeping its size), a page removed
+from OUT, a new file of the project or a record made by another renderer: each renders again,
+and the tree comes out as a build from scratch makes it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+import repobuild.build as rb
+import repobuild.pyrepo as pyrepo
+from repobuild.config import Config
+from tests.clients import DEMO_KEYS, FIXTURES, fixture_generator, repobuild, snapshot
+
+mr = fixture_generator()
+
+
+def simple_pages(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes()
+            for p in sorted((out / "simple").rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def rendered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The projects whose pages are rendered (the builds run in this process)."""
+    monkeypatch.setenv("REPOBUILD_WORKERS", "0")
+    # one clock for every build, so that a build from scratch gives the same upload times
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(int(time.time())))
+    names: list[str] = []
+    real = pyrepo.render_project
+
+    def counting(name: str, files: list[pyrepo.SimpleFile]) -> tuple[bytes, bytes]:
+        names.append(name)
+        return real(name, files)
+
+    monkeypatch.setattr(pyrepo, "render_project", counting)
+    return names
+
+
+def test_rebuild_renders_only_what_changed_and_never_trusts_a_page_in_out(
+    tmp_path: Path, rendered: list[str]
+) -> None:
+    src = shutil.copytree(FIXTURES, tmp_path / "src")
+    out = tmp_path / "out"
+    rb.build(src, out, DEMO_KEYS, Config())
+    projects = sorted(rendered)
+    assert len(projects) >= 3
+    assert sorted(json.loads((out / ".repobuild/pages.json").read_bytes())["projects"]) == projects
+    good = simple_pages(out)
+
+    rendered.clear()
+    rb.build(src, out, DEMO_KEYS, Config())
+    assert rendered == [], "an unchanged rebuild rendered pages again"
+    assert simple_pages(out) == good
+
+    # edited in OUT with its size kept: the record is not trusted, the page is put right
+    page = out / "simple" / projects[0] / "index.html"
+    data = page.read_bytes()
+    page.write_bytes(data.replace(b"<", b"(", 1))
+    assert len(page.read_bytes()) == len(data)
+    rendered.clear()
+    rb.build(src, out, DEMO_KEYS, Config())
+    assert rendered == [projects[0]]
+    assert simple_pages(out) == good
+
+    # removed from OUT
+    (out / "simple" / projects[1] / "index.json").unlink()
+    rendered.clear()
+    rb.build(src, out, DEMO_KEYS, Config())
+    assert rendered == [projects[1]]
+    assert simple_pages(out) == good
+
+    # a new file of one project: that project only (and a new project)
+    mr.make_wheel(src / "python", projects[2], "9.9.9")
+    mr.make_wheel(src / "python", "rbdemo-brand-new", "1.0.0")
+    rendered.clear()
+    rb.build(src, out, DEMO_KEYS, Config())
+    assert sorted(rendered) == sorted([projects[2], "rbdemo-brand-new"])
+    assert b"9.9.9" in (out / "simple" / projects[2] / "index.json").read_bytes()
+
+    # a record made by another renderer (a new template, a new repobuild): all rendered
+    record = out / ".repobuild/pages.json"
+    doc = json.loads(record.read_bytes())
+    doc["renderer"] = "0" * 64
+    record.write_text(json.dumps(doc))
+    after_new = simple_pages(out)
+    rendered.clear()
+    rb.build(src, out, DEMO_KEYS, Config())
+    assert sorted(rendered) == sorted([*projects, "rbdemo-brand-new"])
+    assert simple_pages(out) == after_new
+
+    # a broken record: all rendered, nothing lost
+    record.write_text("{not json")
+    rendered.clear()
+    rb.build(src, out, DEMO_KEYS, Config())
+    assert len(rendered) == len(projects) + 1
+    assert simple_pages(out) == after_new
+
+    # the tree is the one a build from scratch makes, and verifies
+    fresh = tmp_path / "fresh"
+    rb.build(src, fresh, DEMO_KEYS, Config())
+    assert simple_pages(fresh) == after_new
+    proc = repobuild("verify", out, "--trust", DEMO_KEYS / "trust.json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert snapshot(out)  # still a tree
+
+
+def test_recorded_pages_cover_the_same_key_only(tmp_path: Path) -> None:
+    files = [pyrepo.SimpleFile("a-1.0-py3-none-any.whl", "../../blobs/x", "0" * 64, 10,
+                               "2026-01-01T00:00:00Z", None, None, None, "1.0")]
+    r = pyrepo.renderer_version()
+    key = pyrepo.project_key(r, "a", files)
+    assert key == pyrepo.project_key(r, "a", list(files))
+    changed = [pyrepo.SimpleFile(*(getattr(files[0], f) for f in (
+        "filename", "url", "sha256", "size", "upload_time")), None, "", None, "1.0")]
+    assert pyrepo.project_key(r, "a", changed) != key, "yanking must change the key"
+    assert pyrepo.project_key(r, "b", files) != key
+    assert pyrepo.project_key("1" * 64, "a", files) != key
