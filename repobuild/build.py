@@ -45,12 +45,11 @@ from repobuild.keys import KeySet, check_keydir, load_keys, make_trust
 from repobuild.mirror.cachepolicy import render_headers_file, render_nginx_snippet
 from repobuild.model import Artifact, FileEntry
 from repobuild.pyrepo import (
-    Known,
+    KnownWriter,
+    PageRow,
     Project,
-    Staged,
-    load_known,
+    page_paths,
     renderer_version,
-    save_known,
     stage_project_pages,
 )
 from repobuild.scan import SourceFile, scan_source
@@ -306,24 +305,24 @@ def _describe(art: Artifact, config: Config, first_seen: dict[str, str] | None,
         art.yanked = config.yank_reason(art.path)
 
 
-PageJob = Callable[[], tuple[list[Staged], list[tuple[str, Known]]]]
+PageJob = Callable[[], list[PageRow]]
 
 
 def _stage_pages(
     root: str, workers: Workers, projects: list[Project], renderer: str,
-    known: dict[str, Known] | None = None,
+    known_in: str | None = None,
 ) -> list[PageJob]:
     """Project pages in batches, to the workers (or rendered here, without them), written
-    below ``root`` (OUT, or a folder that lands whole). Those ``known`` from the last build
-    are only checked in OUT, not rendered again (repobuild.pyrepo)."""
+    below ``root`` (OUT, or a folder that lands whole). Those the last build recorded in the
+    state folder ``known_in`` are only checked in OUT, not rendered again (repobuild.pyrepo)."""
     jobs: list[PageJob] = []
     for start in range(0, len(projects), PAGE_BATCH):
         batch = projects[start:start + PAGE_BATCH]
-        seen = {name: known[name] for name, _files in batch if name in known} if known else None
         if workers.count:
-            jobs.append(workers.submit(stage_project_pages, root, batch, seen, renderer).result)
+            jobs.append(workers.submit(stage_project_pages, root, batch, known_in,
+                                       renderer).result)
         else:
-            done = stage_project_pages(root, batch, seen, renderer)
+            done = stage_project_pages(root, batch, known_in, renderer)
             jobs.append(lambda done=done: done)  # type: ignore[misc]
     return jobs
 
@@ -479,9 +478,7 @@ def _landing(
     expires: datetime,
     arts: list[Artifact],
     components: tuple[str, ...],
-) -> dict[str, Any]:
-    """The landing page's context, in plain values (it is rendered by a worker process, see
-    :func:`render_landing`)."""
+) -> bytes:
     debs = sorted(
         (a for a in arts if a.deb),
         key=lambda a: (a.name or "", a.architecture or "", a.version or ""),
@@ -504,39 +501,26 @@ def _landing(
              "href": "keys/owner.pub"}
         )
     slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in config.label.lower())
-    return {
-        "label": config.label,
-        "description": config.description.rstrip("."),
-        "version": version,
-        "generated": rfc3339(now),
-        "expires": rfc3339(expires),
-        "keys": key_rows,
-        "gpg_fingerprint": keys.gpg.key_id,
-        "base": config.base_url or "http://HOST/PREFIX/",
-        "slug": slug or "repo",
-        "suite": config.suite,
-        "components": list(components),
-        "debs": [(a.name, a.version, a.architecture, a.component) for a in debs],
-        "projects": [(n, sorted(projects[n], key=Version)) for n in sorted(projects)],
-        "files": [(a.path, a.blob, a.size, a.sha256) for a in arts if a.kind == "file"],
-    }
-
-
-def render_landing(context: dict[str, Any]) -> bytes:
-    """The landing page from :func:`_landing`'s context (in a worker process while the build
-    renders the rest; the template's rows are made one at a time as it reaches them: 100,000
-    dicts at once cost ~50 MB)."""
-    debs, projects, files = context["debs"], context["projects"], context["files"]
     return render_large(
         "landing.html.j2",
-        **{
-            **context,
-            "debs": _Rows(debs, lambda d: {"name": d[0], "version": d[1],
-                                           "architecture": d[2], "component": d[3]}),
-            "projects": _Rows(projects, lambda p: {"name": p[0], "versions": p[1]}),
-            "files": _Rows(files, lambda f: {"path": f[0], "href": f[1], "size": f[2],
-                                             "sha256": f[3]}),
-        },
+        label=config.label,
+        description=config.description.rstrip("."),
+        version=version,
+        generated=rfc3339(now),
+        expires=rfc3339(expires),
+        keys=key_rows,
+        gpg_fingerprint=keys.gpg.key_id,
+        base=config.base_url or "http://HOST/PREFIX/",
+        slug=slug or "repo",
+        suite=config.suite,
+        components=list(components),
+        # rows made as the template reaches them: 100,000 dicts at once cost ~50 MB
+        debs=_Rows(debs, lambda a: {"name": a.name, "version": a.version,
+                                    "architecture": a.architecture, "component": a.component}),
+        projects=_Rows(sorted(projects), lambda n: {
+            "name": n, "versions": sorted(projects[n], key=Version)}),
+        files=_Rows([a for a in arts if a.kind == "file"], lambda a: {
+            "path": a.path, "href": a.blob, "size": a.size, "sha256": a.sha256}),
     )
 
 
@@ -618,6 +602,7 @@ def build(
     failed = True
     landing = False  # from here on, a failure keeps what this build placed
     created: list[str] = []  # blobs and .metadata files this build added to OUT
+    cleanup: list[Callable[[], None]] = []  # temporary files to drop if the build fails
     metadata_sizes: dict[str, int] = {}
     try:
         tree.open()
@@ -676,9 +661,8 @@ def build(
             projects, page_jobs = early_pages.pop()
         else:
             projects = list(project_files([a for a in arts if a.dist is not None]).items())
-            known = load_known(tree.state, renderer) if prev is not None else None
-            page_jobs = _stage_pages(str(tree.root), workers, projects, renderer, known)
-            del known
+            page_jobs = _stage_pages(str(tree.root), workers, projects, renderer,
+                                     str(tree.state) if prev is not None else None)
         # the Packages files compress in threads (since the last .deb was read)
         apt_job = early[0] if early else AptJob([a for a in arts if a.deb is not None], config)
         early.clear()
@@ -708,17 +692,10 @@ def build(
         for path, data in _keys_files(keys).items():
             stage(path, data, mutable)
         stage("keys/repo.sources", _repo_sources(config, components, keys.gpg_public), mutable)
-        landing_context = _landing(
+        stage("index.html", _landing(
             config=config, keys=keys, version=version, now=now, expires=expires,
             arts=arts, components=components,
-        )
-        landing_job: Callable[[], bytes]
-        if workers.count:
-            landing_job = workers.submit(render_landing, landing_context).result
-        else:
-            page = render_landing(landing_context)
-            landing_job = lambda: page  # noqa: E731
-        del landing_context
+        ), tops)
         root_html, root_json = render_root([name for name, _files in projects])
         stage("simple/index.html", root_html, tops)
         stage("simple/index.json", root_json, tops)
@@ -730,16 +707,18 @@ def build(
         for path, data in apt.mutable.items():
             stage(path, data, mutable if "/binary-" in path else tops)
         del apt
-        page_rows: list[tuple[str, Known]] = []
+        page_record = KnownWriter(tree.temp_path(), renderer)
+        cleanup.append(page_record.discard)
         for job in page_jobs:
-            staged, rows = job()
-            page_rows += rows
-            for path, size, digest, where in staged:
-                tree.adopt(path, where)
-                current[path] = FileEntry(size, digest)
-                mutable.append(path)
+            for name, key, html_size, html_sha, html_at, js_size, js_sha, js_at in job():
+                page_record.add(name, (key, html_size, html_sha, js_size, js_sha))
+                html_path, json_path = page_paths(name)
+                for path, size, digest, where in ((html_path, html_size, html_sha, html_at),
+                                                  (json_path, js_size, js_sha, js_at)):
+                    tree.adopt(path, where)
+                    current[path] = FileEntry(size, digest)
+                    mutable.append(path)
         del page_jobs
-        stage("index.html", landing_job(), tops)
         stage("_headers", render_headers_file(), mutable)
         stage("nginx-repobuild.conf", render_nginx_snippet(), mutable)
 
@@ -825,7 +804,8 @@ def build(
                 result.removed += 1
         del on_disk
         cache.save(tree.temp_path())
-        save_known(tree.state, tree.temp_path(), renderer, page_rows)
+        cleanup.remove(page_record.discard)
+        page_record.land(tree.state)
         for art in arts:
             result.by_kind[art.kind] = result.by_kind.get(art.kind, 0) + 1
         if keys.insecure_demo:
@@ -837,6 +817,8 @@ def build(
         return result
     finally:
         workers.close()
+        for drop in cleanup:
+            drop()
         if failed and not landing:
             for path in reversed(created):  # OUT as it was: no new blob stays behind
                 tree.remove(path)

@@ -23,10 +23,11 @@ from repobuild.store import write_aside
 from repobuild.templating import template_path
 
 Project = tuple[str, list[SimpleFile]]
-#: (path, size, sha256, where it was staged: see repobuild.store.write_aside)
-Staged = tuple[str, int, str, str | None]
 #: a project's pages as rendered: (key, html size, html sha256, json size, json sha256)
 Known = tuple[str, int, str, int, str]
+#: a project's pages as staged: (name, key, html size, html sha256, where the html page was
+#: staged (see repobuild.store.write_aside), json size, json sha256, where the json was staged)
+PageRow = tuple[str, str, int, str, str | None, int, str, str | None]
 PAGES_FILE = "pages.json"
 _FORMAT = 1
 
@@ -58,38 +59,43 @@ def _opt(value: str | None) -> str:
 
 
 def stage_project_pages(
-    root: str, projects: list[Project], known: dict[str, Known] | None = None,
-    renderer: str = "",
-) -> tuple[list[Staged], list[tuple[str, Known]]]:
+    root: str, projects: list[Project], known_in: str | None = None, renderer: str = "",
+) -> list[PageRow]:
     """Render the pages of these projects and write them aside in OUT (run in a worker
     process, so that pages are rendered and written in parallel with the rest of a build).
-    A project in ``known`` under the same key, whose pages in OUT are the ones recorded, is
-    taken as it is. Returns the staged pages and what to record for each project."""
+    A project recorded in the state folder ``known_in`` (:func:`load_known`) under the same
+    key, whose pages in OUT are the ones recorded, is taken as it is. Returns one
+    :data:`PageRow` per project: one tuple, since the rows of every batch can wait at once for
+    the build to take them."""
+    known = _known(known_in, renderer) if known_in and renderer else None
     pages: list[tuple[str, bytes | bytearray]] = []
-    staged: list[Staged] = []
-    rows: list[tuple[str, Known]] = []
+    rows: list[PageRow] = []
     for name, files in projects:
         key = project_key(renderer, name, files) if renderer else ""
-        html_rel, json_rel = f"simple/{name}/index.html", f"simple/{name}/index.json"
+        html_rel, json_rel = page_paths(name)
         hit = known.get(name) if known else None
         if hit is not None and hit[0] == key and key and (
             _holds(f"{root}/{html_rel}", hit[1], hit[2])
             and _holds(f"{root}/{json_rel}", hit[3], hit[4])
         ):
-            staged.append((html_rel, hit[1], hit[2], None))
-            staged.append((json_rel, hit[3], hit[4], None))
-            rows.append((name, hit))
+            rows.append((name, key, hit[1], hit[2], None, hit[3], hit[4], None))
             continue
         html, data = render_project(name, files)
         pages.append((html_rel, html))
         pages.append((json_rel, data))
-        html_sha, json_sha = hashlib.sha256(html).hexdigest(), hashlib.sha256(data).hexdigest()
-        staged.append((html_rel, len(html), html_sha, ""))
-        staged.append((json_rel, len(data), json_sha, ""))
-        rows.append((name, (key, len(html), html_sha, len(data), json_sha)))
+        rows.append((name, key, len(html), hashlib.sha256(html).hexdigest(), "",
+                     len(data), hashlib.sha256(data).hexdigest(), ""))
     where = dict(write_aside(root, pages))
-    return [(rel, size, digest, where[rel] if spot == "" else spot)
-            for rel, size, digest, spot in staged], rows
+    return [
+        (name, key, hs, hh, where[page_paths(name)[0]] if wh == "" else wh,
+         js, jh, where[page_paths(name)[1]] if wj == "" else wj)
+        for name, key, hs, hh, wh, js, jh, wj in rows
+    ]
+
+
+def page_paths(name: str) -> tuple[str, str]:
+    """A project's two pages in OUT."""
+    return f"simple/{name}/index.html", f"simple/{name}/index.json"
 
 
 def _holds(path: str, size: int, sha256: str) -> bool:
@@ -107,6 +113,26 @@ def _holds(path: str, size: int, sha256: str) -> bool:
     finally:
         os.close(fd)
     return len(data) == size and hashlib.sha256(data).hexdigest() == sha256
+
+
+_LOADED: dict[tuple[str, str], tuple[tuple[int, int, int], dict[str, Known]]] = {}
+
+
+def _known(state: str, renderer: str) -> dict[str, Known]:
+    """:func:`load_known`, once per process for the same file (a worker is handed batch after
+    batch: the record is read in the workers, never held by the build's own process, where
+    50,000 projects cost ~30 MB at its peak)."""
+    try:
+        st = os.stat(f"{state}/{PAGES_FILE}")
+    except OSError:
+        return {}
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _LOADED.get((state, renderer))
+    if cached is None or cached[0] != stamp:
+        _LOADED.clear()
+        cached = (stamp, load_known(Path(state), renderer))
+        _LOADED[(state, renderer)] = cached
+    return cached[1]
 
 
 def load_known(state: Path, renderer: str) -> dict[str, Known]:
@@ -127,12 +153,28 @@ def load_known(state: Path, renderer: str) -> dict[str, Known]:
         return {}
 
 
-def save_known(state: Path, tmp: Path, renderer: str, rows: list[tuple[str, Known]]) -> None:
-    """Record this build's pages (written aside, then renamed over the last record)."""
-    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(f'{{"format":{_FORMAT},"renderer":{dumps(renderer)},"projects":{{')
-        for n, (name, row) in enumerate(sorted(rows)):
-            fh.write(f'{"," if n else ""}{dumps(name)}:{dumps(list(row))}')
-        fh.write("}}")
-    os.replace(tmp, state / PAGES_FILE)
+class KnownWriter:
+    """This build's record of its pages, written to a temporary file as the page batches come
+    in (50,000 projects held until the end cost ~30 MB at the build's peak), and put in place
+    by :meth:`land` once the build has landed."""
+
+    def __init__(self, tmp: Path, renderer: str) -> None:
+        self._tmp = tmp
+        self._dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+        self._fh = open(tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed by land/discard
+        self._fh.write(f'{{"format":{_FORMAT},"renderer":{self._dumps(renderer)},"projects":{{')
+        self._first = True
+
+    def add(self, name: str, known: Known) -> None:
+        self._fh.write(f'{"" if self._first else ","}{self._dumps(name)}:'
+                       f'{self._dumps(list(known))}')
+        self._first = False
+
+    def land(self, state: Path) -> None:
+        self._fh.write("}}")
+        self._fh.close()
+        os.replace(self._tmp, state / PAGES_FILE)
+
+    def discard(self) -> None:
+        self._fh.close()
+        self._tmp.unlink(missing_ok=True)
