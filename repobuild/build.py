@@ -780,7 +780,7 @@ def build(
                 result.new_bytes += item.artifact.size
         tree.commit_many(immutable)
         result.written = tree.commit_many(mutable) + tree.commit_many(tops)
-        workers.close()
+        # the workers stay until the end: OUT's survey may still be running in one
         history = record_history(tree, version, index_tmp)  # a copy, not yet in place
         index_tmp.chmod(0o644)
         os.replace(index_tmp, tree.path(INDEX))
