@@ -66,3 +66,27 @@ def test_a_file_replaced_after_it_was_read_is_not_linked_as_its_blob(
     blobs = out / "blobs"
     left = [p for p in blobs.rglob("*") if p.is_file()] if blobs.exists() else []
     assert left == [], left
+
+
+def test_worker_results_cross_processes_whole(tmp_path: Path) -> None:
+    """ingest_batch hands its results back packed as plain tuples: unpacked, they are the
+    very Ingested records (every field) that ingest_into made."""
+    import dataclasses
+    import pickle
+
+    import repobuild.ingest as ingest_mod
+
+    root, other_root = tmp_path / "out", tmp_path / "direct"
+    for folder in (root, other_root):
+        (folder / ".repobuild" / "tmp").mkdir(parents=True)
+    jobs = [(str(p), p.relative_to(FIXTURES).as_posix())
+            for p in sorted(FIXTURES.rglob("*")) if p.is_file()]
+    direct = [ingest_mod.ingest_into(str(other_root), job, link=False, sha512=True)
+              for job in jobs]
+    packed, error = ingest_mod.ingest_batch(str(root), jobs, False, True)
+    assert error is None
+    back = [ingest_mod.unpack(t) for t in pickle.loads(pickle.dumps(packed))]
+    kinds = {item.artifact.kind for item in back}
+    assert {"deb", "wheel", "sdist", "file"} <= kinds
+    for one, other in zip(direct, back, strict=True):
+        assert dataclasses.asdict(one) == dataclasses.asdict(other)
