@@ -88,8 +88,9 @@ def ingest(src: str | Path, rel: str, sink: int | None, *, sha512: bool = False)
         before = os.fstat(fd)
         size = before.st_size
         # a zip's inspector keeps the file's last TAIL_BYTES: those are read into new memory
-        # and kept as they are; every other read goes into one buffer reused for every file,
-        # which saved a quarter of the reading's CPU (no fresh memory to fill per file)
+        # and kept as they are; every other read goes into one buffer reused for every file
+        # (no fresh memory to fill per file: the read calls took ~25 % less time in a profile
+        # of the workers, though whole builds did not get measurably faster)
         keep_from = 1 << 62  # no tail kept
         inspector: _Feeder | None = None
         if kind == "deb":
@@ -228,7 +229,7 @@ def ingest_batch(
 ) -> tuple[list[Packed], BaseException | None]:
     """:func:`ingest_into` for several files (in a worker process). Stops at the first failure
     and returns it with what was done before it, so that the build can undo that. The results
-    are :func:`pack`ed: plain tuples cross the process boundary 4 × faster than dataclasses."""
+    are :func:`pack`ed: plain tuples cross the process boundary ~4 × faster than dataclasses."""
     done: list[Packed] = []
     for job in jobs:
         try:
