@@ -194,7 +194,7 @@ def ingest_into(root: str, job: Job, *, link: bool, sha512: bool) -> Ingested:
     art = item.artifact
     dest = f"{root}/{art.blob}"
     try:
-        item.placed = _link(src, dest, root) if link else sink.place(dest)
+        item.placed = _link(src, dest, root, art.sha256) if link else sink.place(dest)
         if art.kind == "wheel" and art.dist is not None:
             meta = art.dist.metadata
             art.metadata_sha256 = hashlib.sha256(meta).hexdigest()
@@ -203,6 +203,8 @@ def ingest_into(root: str, job: Job, *, link: bool, sha512: bool) -> Ingested:
             art.dist = replace(art.dist, metadata=b"")  # on disk now; not carried further
     except OSError as exc:
         raise RepobuildError(f"cannot write to OUT: {exc.strerror or exc}", dest) from None
+    except _Changed:
+        raise ValidationError("the file changed while it was being read", rel) from None
     if link and item.placed:
         # the blob must be the file that was read, not one renamed over its name since; and
         # hard-linking changed the file's ctime: take the stamp again for the build cache
@@ -214,7 +216,7 @@ def ingest_into(root: str, job: Job, *, link: bool, sha512: bool) -> Ingested:
         if stamp is not None and (st.st_ino, st.st_size, st.st_mtime_ns) != (
             stamp.inode, stamp.size, stamp.mtime_ns
         ):
-            if st.st_nlink > 1:  # a hard link, not a copy made across filesystems
+            if st.st_nlink > 1:  # a hard link, not a copy made across file systems (checked)
                 os.unlink(dest)
                 if item.meta_created:
                     os.unlink(dest + ".metadata")
@@ -364,7 +366,11 @@ def _blob_dir(dest: str) -> None:
         _makedirs(dest)
 
 
-def _link(src: str, dest: str, root: str) -> bool:
+class _Changed(Exception):
+    """The source's bytes are no longer the ones that were read and hashed."""
+
+
+def _link(src: str, dest: str, root: str, sha256: str) -> bool:
     _blob_dir(dest)
     try:
         os.link(src, dest)  # atomic: the whole file appears, or nothing
@@ -373,10 +379,27 @@ def _link(src: str, dest: str, root: str) -> bool:
     except OSError as exc:
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise
-        tmp = temp_name(root)  # another filesystem: copy aside, then rename
+        # another file system (or no right to link): copy aside, check that the copy is what
+        # was hashed (it is made from the path, read once more), then rename
+        tmp = temp_name(root)
         shutil.copyfile(src, tmp)
+        if _sha256_of(tmp) != sha256:
+            os.unlink(tmp)
+            raise _Changed from None
         return _rename(tmp, dest)
     return True
+
+
+def _sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    buf, view = _buffer()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while n := os.readv(fd, (buf,)):
+            h.update(view[:n])
+    finally:
+        os.close(fd)
+    return h.hexdigest()
 
 
 def _write_once(path: str, data: bytes, root: str) -> bool:

@@ -3,7 +3,9 @@ the next build finds every file in the cache although linking changed the files'
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,60 @@ def test_worker_results_cross_processes_whole(tmp_path: Path) -> None:
     assert {"deb", "wheel", "sdist", "file"} <= kinds
     for one, other in zip(direct, back, strict=True):
         assert dataclasses.asdict(one) == dataclasses.asdict(other)
+
+
+def _other_file_system(tmp_path: Path) -> Path:
+    """A folder on another file system than tmp_path (/dev/shm), or skip."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or not os.access(shm, os.W_OK):
+        pytest.skip("no writable /dev/shm to put OUT on another file system")
+    if shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("/dev/shm is on the same file system as the test's folder")
+    return Path(tempfile.mkdtemp(dir=shm, prefix="repobuild-test-"))
+
+
+@pytest.mark.parametrize("replaced", [False, True], ids=["plain", "replaced-after-read"])
+def test_link_across_file_systems_copies_and_checks_the_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replaced: bool
+) -> None:
+    """--link with OUT on another file system: link(2) fails with EXDEV and the blob is a copy,
+    made from the source's path. A file replaced between the read and that copy is refused."""
+    import repobuild.ingest as ingest_mod
+
+    monkeypatch.setenv("REPOBUILD_WORKERS", "0")
+    source = shutil.copytree(FIXTURES, tmp_path / "src")
+    other = _other_file_system(tmp_path)
+    try:
+        out = other / "out"
+        victim = sorted(source.rglob("*.deb"))[0]
+        if replaced:
+            real = ingest_mod.ingest
+
+            def then_replaced(src: object, rel: str, *args: object, **kwargs: object) -> object:
+                item = real(src, rel, *args, **kwargs)  # type: ignore[arg-type]
+                if rel == victim.relative_to(source).as_posix():
+                    data = bytearray(victim.read_bytes())
+                    data[-1] ^= 0xFF  # same size, other bytes
+                    swap = victim.with_name("swap.tmp")
+                    swap.write_bytes(bytes(data))
+                    swap.replace(victim)
+                return item
+
+            monkeypatch.setattr(ingest_mod, "ingest", then_replaced)
+            with pytest.raises(Exception, match="changed while it was being read"):
+                build_mod.build(source, out, DEMO_KEYS, Config(), link=True)
+            assert not (out / "index.json").exists()
+            left = [p for p in (out / "blobs").rglob("*") if p.is_file()] if (
+                out / "blobs").exists() else []
+            assert left == [], left
+            return
+        build_mod.build(source, out, DEMO_KEYS, Config(), link=True)
+        index = manifest.parse((out / "index.json").read_bytes())
+        for art in index.artifacts:
+            blob = out / art["blob"]
+            assert blob.stat().st_nlink == 1, "a copy, not a link"
+            assert blob.read_bytes() == (source / art["path"]).read_bytes()
+        proc = repobuild("verify", out, "--trust", DEMO_KEYS / "trust.json")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
