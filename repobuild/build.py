@@ -616,7 +616,7 @@ def build(
     failed = True
     landing = False  # from here on, a failure keeps what this build placed
     created: list[str] = []  # blobs and .metadata files this build added to OUT
-    cleanup: list[Callable[[], None]] = []  # temporary files to drop if the build fails
+    page_record: KnownWriter | None = None  # dropped unless it lands with the build
     metadata_sizes: dict[str, int] = {}
     try:
         tree.open()
@@ -722,7 +722,6 @@ def build(
             stage(path, data, mutable if "/binary-" in path else tops)
         del apt
         page_record = KnownWriter(tree.temp_path(), renderer)
-        cleanup.append(page_record.discard)
         for job in page_jobs:
             for name, key, html_size, html_sha, html_at, js_size, js_sha, js_at in job():
                 page_record.add(name, (key, html_size, html_sha, js_size, js_sha))
@@ -818,7 +817,6 @@ def build(
                 result.removed += 1
         del on_disk
         cache.save(tree.temp_path())
-        cleanup.remove(page_record.discard)
         page_record.land(tree.state)
         for art in arts:
             result.by_kind[art.kind] = result.by_kind.get(art.kind, 0) + 1
@@ -831,8 +829,8 @@ def build(
         return result
     finally:
         workers.close()
-        for drop in cleanup:
-            drop()
+        if page_record is not None:
+            page_record.discard()  # nothing left to drop once it has landed
         if failed and not landing:
             for path in reversed(created):  # OUT as it was: no new blob stays behind
                 tree.remove(path)

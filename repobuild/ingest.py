@@ -31,6 +31,7 @@ from repobuild.formats.pydist import (
     zip_sdist_info,
 )
 from repobuild.model import Artifact
+from repobuild.sources import hash_file
 from repobuild.store import temp_name, write_all
 
 # 256 KiB: small enough to stay in a core's L2 cache between the read and the hashing, large
@@ -383,23 +384,12 @@ def _link(src: str, dest: str, root: str, sha256: str) -> bool:
         # was hashed (it is made from the path, read once more), then rename
         tmp = temp_name(root)
         shutil.copyfile(src, tmp)
-        if _sha256_of(tmp) != sha256:
+        copied = hash_file(tmp)
+        if copied is None or copied.sha256 != sha256:
             os.unlink(tmp)
             raise _Changed from None
         return _rename(tmp, dest)
     return True
-
-
-def _sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    buf, view = _buffer()
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        while n := os.readv(fd, (buf,)):
-            h.update(view[:n])
-    finally:
-        os.close(fd)
-    return h.hexdigest()
 
 
 def _write_once(path: str, data: bytes, root: str) -> bool:

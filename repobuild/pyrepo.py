@@ -19,6 +19,7 @@ import jinja2
 from repobuild import __version__
 from repobuild.formats import simple
 from repobuild.formats.simple import SimpleFile, render_project
+from repobuild.sources import hash_file
 from repobuild.store import write_aside
 from repobuild.templating import template_path
 
@@ -100,19 +101,8 @@ def page_paths(name: str) -> tuple[str, str]:
 
 def _holds(path: str, size: int, sha256: str) -> bool:
     """Whether ``path`` holds ``size`` bytes with this SHA-256 (read, not trusted by stat)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        if os.fstat(fd).st_size != size:
-            return False
-        data = os.read(fd, size + 1)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return len(data) == size and hashlib.sha256(data).hexdigest() == sha256
+    found = hash_file(path)
+    return found is not None and (found.size, found.sha256) == (size, sha256)
 
 
 _LOADED: dict[tuple[str, str], tuple[tuple[int, int, int], dict[str, Known]]] = {}
@@ -176,5 +166,6 @@ class KnownWriter:
         os.replace(self._tmp, state / PAGES_FILE)
 
     def discard(self) -> None:
+        """Drop the record unless it has landed (then there is nothing left to drop)."""
         self._fh.close()
         self._tmp.unlink(missing_ok=True)
