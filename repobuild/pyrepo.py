@@ -45,18 +45,14 @@ def renderer_version() -> str:
 
 
 def project_key(renderer: str, name: str, files: list[SimpleFile]) -> str:
-    h = hashlib.sha256(f"{renderer}\x1e{name}".encode())
-    for f in files:
-        h.update("\x1e".join((
-            f.filename, f.url, f.sha256, str(f.size), f.upload_time,
-            _opt(f.requires_python), _opt(f.yanked), _opt(f.metadata_sha256), f.version,
-        )).encode())
-        h.update(b"\x1d")
-    return h.hexdigest()
+    """SHA-256 over the renderer and every field of the project's files, JSON-encoded (so no
+    two different inputs can encode alike)."""
+    fields = [[f.filename, f.url, f.sha256, f.size, f.upload_time, f.requires_python,
+               f.yanked, f.metadata_sha256, f.version] for f in files]
+    return hashlib.sha256(_KEY_JSON([renderer, name, fields]).encode()).hexdigest()
 
 
-def _opt(value: str | None) -> str:
-    return "\x00" if value is None else "\x01" + value
+_KEY_JSON = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def stage_project_pages(
