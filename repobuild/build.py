@@ -48,6 +48,7 @@ from repobuild.pyrepo import (
     KnownWriter,
     PageRow,
     Project,
+    forget_known,
     page_paths,
     renderer_version,
     stage_project_pages,
@@ -324,6 +325,8 @@ def _stage_pages(
         else:
             done = stage_project_pages(root, batch, known_in, renderer)
             jobs.append(lambda done=done: done)  # type: ignore[misc]
+    if not workers.count:
+        forget_known()  # read in this very process: not kept after the pages
     return jobs
 
 

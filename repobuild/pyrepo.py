@@ -121,6 +121,11 @@ def _known(state: str, renderer: str) -> dict[str, Known]:
     return cached[1]
 
 
+def forget_known() -> None:
+    """Let go of the record :func:`_known` holds (a build in its own process is done with it)."""
+    _LOADED.clear()
+
+
 def load_known(state: Path, renderer: str) -> dict[str, Known]:
     """The last build's record of its pages; empty when missing, unreadable or made by another
     renderer (then every page is rendered, as on a first build)."""
