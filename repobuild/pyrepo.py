@@ -66,7 +66,7 @@ def stage_project_pages(
     the build to take them."""
     known = _known(known_in, renderer) if known_in and renderer else None
     pages: list[tuple[str, bytes | bytearray]] = []
-    rows: list[PageRow] = []
+    rows: list[tuple[str, str, int, str, int, str]] = []
     for name, files in projects:
         key = project_key(renderer, name, files) if renderer else ""
         html_rel, json_rel = page_paths(name)
@@ -75,19 +75,21 @@ def stage_project_pages(
             _holds(f"{root}/{html_rel}", hit[1], hit[2])
             and _holds(f"{root}/{json_rel}", hit[3], hit[4])
         ):
-            rows.append((name, key, hit[1], hit[2], None, hit[3], hit[4], None))
+            rows.append((name, *hit))
             continue
         html, data = render_project(name, files)
         pages.append((html_rel, html))
         pages.append((json_rel, data))
-        rows.append((name, key, len(html), hashlib.sha256(html).hexdigest(), "",
-                     len(data), hashlib.sha256(data).hexdigest(), ""))
+        rows.append((name, key, len(html), hashlib.sha256(html).hexdigest(),
+                     len(data), hashlib.sha256(data).hexdigest()))
+    # where each written page was staged; a page taken as it is was not written, and its
+    # None says the same as write_aside's: OUT holds these bytes already
     where = dict(write_aside(root, pages))
-    return [
-        (name, key, hs, hh, where[page_paths(name)[0]] if wh == "" else wh,
-         js, jh, where[page_paths(name)[1]] if wj == "" else wj)
-        for name, key, hs, hh, wh, js, jh, wj in rows
-    ]
+    out: list[PageRow] = []
+    for name, key, hs, hh, js, jh in rows:
+        html_rel, json_rel = page_paths(name)
+        out.append((name, key, hs, hh, where.get(html_rel), js, jh, where.get(json_rel)))
+    return out
 
 
 def page_paths(name: str) -> tuple[str, str]:
