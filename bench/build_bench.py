@@ -377,32 +377,56 @@ class PeerGpg:
             rmtree(self.home)
 
 
-class AptlyPeer:
-    """aptly: ``repo create`` + ``repo add`` of the deb folder + ``publish repo``, then
-    ``repo add`` + ``publish update`` of one more; signed with the demo key when ``gpg``;
-    ``matched``: signed, and published with ``-acquire-by-hash`` (by-hash copies, as repobuild
-    writes; aptly writes Packages, .gz and .bz2, never .xz)."""
+class _AptPeerBase:
+    """What the apt peers share: in the default configuration, unsigned or signed with the
+    demo key (``gpg``), or ``matched`` (signed, writing what repobuild writes); each peer
+    names its labels, notes and folders."""
 
-    MATCH = "by-hash like repobuild"
+    TOOL: str
+    RANK: int  # the peer's place in the table
+    MATCH: str
+    FOLDERS: tuple[str, str, str]  # unsigned, signed, matched
+    COLD: str
+    ADD: str
+    NOTES: tuple[str, str, str]  # unsigned, signed, and what matched adds to signed
+    XZ_WHEN_MATCHED: bool
+    BY_HASH_WHEN_MATCHED: bool
 
     def __init__(self, exe: str, deb_dir: Path, arches: list[str], gpg: PeerGpg | None, *,
                  matched: bool = False) -> None:
         assert gpg is not None or not matched, "the matched variant signs, as repobuild does"
         self.exe, self.deb_dir, self.arches, self.gpg = exe, deb_dir, arches, gpg
-        self.matched, self.writes_xz, self.by_hash = matched, False, matched
+        self.matched = matched
+        self.writes_xz = matched and self.XZ_WHEN_MATCHED
+        self.by_hash = matched and self.BY_HASH_WHEN_MATCHED
+        variant = 2 if matched else int(gpg is not None)
         kind = "signed" if gpg else "unsigned"
         if matched:
             kind += f", {self.MATCH}"
-        self.name = f"aptly, {kind}"
-        self.order = (0, 2 if matched else int(gpg is not None))
-        self.folder = "aptly-by-hash" if matched else "aptly-signed" if gpg else "aptly"
-        self.cold_label = f"aptly repo create + add N + publish, {kind}"
-        self.add_label = f"aptly repo add 1 + publish update, {kind}"
-        self.note = ("InRelease + Release.gpg (gpg)" if gpg else
-                     "-skip-signing: no InRelease, no Release.gpg")
+        self.name = f"{self.TOOL}, {kind}"
+        self.order = (self.RANK, variant)
+        self.folder = self.FOLDERS[variant]
+        self.cold_label = f"{self.COLD}, {kind}"
+        self.add_label = f"{self.ADD}, {kind}"
+        self.note = self.NOTES[int(gpg is not None)]
         if matched:
-            self.note += ("; -acquire-by-hash: by-hash copies; aptly writes Packages, .gz and "
-                          ".bz2, not .xz")
+            self.note += f"; {self.NOTES[2]}"
+
+
+class AptlyPeer(_AptPeerBase):
+    """aptly: ``repo create`` + ``repo add`` of the deb folder + ``publish repo``, then
+    ``repo add`` + ``publish update`` of one more; signed with the demo key when ``gpg``;
+    ``matched``: signed, and published with ``-acquire-by-hash`` (by-hash copies, as repobuild
+    writes; aptly writes Packages, .gz and .bz2, never .xz)."""
+
+    TOOL, RANK = "aptly", 0
+    MATCH = "by-hash like repobuild"
+    FOLDERS = ("aptly", "aptly-signed", "aptly-by-hash")
+    COLD = "aptly repo create + add N + publish"
+    ADD = "aptly repo add 1 + publish update"
+    NOTES = ("-skip-signing: no InRelease, no Release.gpg", "InRelease + Release.gpg (gpg)",
+             "-acquire-by-hash: by-hash copies; aptly writes Packages, .gz and .bz2, not .xz")
+    XZ_WHEN_MATCHED, BY_HASH_WHEN_MATCHED = False, True
 
     def _cmd(self, root: Path, *a: str) -> str:
         return shlex.join([self.exe, f"-config={root / 'aptly.conf'}", *a])
@@ -439,32 +463,21 @@ class AptlyPeer:
         return root / "root" / "public" / "dists" / "stable"
 
 
-class RepreproPeer:
+class RepreproPeer(_AptPeerBase):
     """reprepro: ``includedeb`` of every .deb (through xargs), then of one more; its
     conf/distributions has ``SignWith: <the demo key>`` when ``gpg``; ``matched``: signed, and
     ``DebIndices: Packages Release . .gz .xz`` (Packages.xz too, as repobuild writes; the
     default exports Packages and .gz only, and reprepro 5.3 writes no by-hash)."""
 
+    TOOL, RANK = "reprepro", 1
     MATCH = ".xz like repobuild"
     DEB_INDICES = "Packages Release . .gz .xz"
-
-    def __init__(self, exe: str, deb_dir: Path, arches: list[str], gpg: PeerGpg | None, *,
-                 matched: bool = False) -> None:
-        assert gpg is not None or not matched, "the matched variant signs, as repobuild does"
-        self.exe, self.deb_dir, self.arches, self.gpg = exe, deb_dir, arches, gpg
-        self.matched, self.writes_xz, self.by_hash = matched, matched, False
-        kind = "signed" if gpg else "unsigned"
-        if matched:
-            kind += f", {self.MATCH}"
-        self.name = f"reprepro, {kind}"
-        self.order = (1, 2 if matched else int(gpg is not None))
-        self.folder = "reprepro-xz" if matched else "reprepro-signed" if gpg else "reprepro"
-        self.cold_label = f"reprepro includedeb N (+ export), {kind}"
-        self.add_label = f"reprepro includedeb 1 (+ export), {kind}"
-        self.note = ("InRelease + Release.gpg (SignWith)" if gpg else
-                     "no SignWith: no InRelease, no Release.gpg")
-        if matched:
-            self.note += f"; DebIndices: {self.DEB_INDICES} (no by-hash in reprepro)"
+    FOLDERS = ("reprepro", "reprepro-signed", "reprepro-xz")
+    COLD = "reprepro includedeb N (+ export)"
+    ADD = "reprepro includedeb 1 (+ export)"
+    NOTES = ("no SignWith: no InRelease, no Release.gpg", "InRelease + Release.gpg (SignWith)",
+             f"DebIndices: {DEB_INDICES} (no by-hash in reprepro)")
+    XZ_WHEN_MATCHED, BY_HASH_WHEN_MATCHED = True, False
 
     def prepare(self, base: Path) -> None:
         (base / "conf").mkdir(parents=True)
