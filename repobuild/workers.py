@@ -37,9 +37,10 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _keep_freed_memory() -> None:
-    """Have glibc's malloc reuse freed read buffers instead of unmapping and mapping them
-    again: a read of a file of 128 KB or more gets a fresh mmap from glibc by default, whose
-    page faults and zeroing cost ~0.1 ms per file, a tenth of hashing a 500 KB file."""
+    """Have glibc's malloc reuse freed buffers instead of unmapping and mapping them again: a
+    zip's tail (read into new memory, 256 KiB at a time, see repobuild.ingest) and a wheel's
+    METADATA get a fresh mmap from glibc by default when 128 KB or more, whose page faults and
+    zeroing cost ~0.1 ms per file, a tenth of hashing a 500 KB file."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD: keep up to 64 MB of freed heap
