@@ -113,6 +113,9 @@ def build(
     from repobuild.build import build as do_build
     from repobuild.config import load_config
     from repobuild.errors import UsageError
+    from repobuild.workers import one_malloc_arena
+
+    one_malloc_arena()  # before the build starts its threads
 
     if keys is None:
         fail(UsageError("no signing keys: pass --keys KEYDIR (see 'repobuild keys generate')"))
