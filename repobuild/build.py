@@ -656,10 +656,11 @@ def build(
             files, tree, cache, workers, created,
             link=link, sha512=config.sha512, progress=progress, group_done=group_done,
         )
+        # 100,000 scan records, not needed again: freed before the previous index comes in
+        del files
         prev = prev_job()  # an unreadable index fails here: what was placed is undone
         version = (prev.version + 1) if prev else 1
         tree.use_workers(workers)
-        del files  # 100,000 scan records: not needed again
         arts = [i.artifact for i in ingested]
         _check_duplicates(arts)
         first_seen = prev.uploaded if prev else {}
