@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -128,6 +130,7 @@ def build(
         result = run(lambda: do_build(source, out_dir, keys, cfg, link=link, rehash=rehash,
                                       signers=uris, sigstore=sigstore,
                                       identity_token=identity_token, progress=bar))
+    _DONE.append(True)  # the build is over: nothing is left for the interpreter to tidy
     for warning in result.warnings:
         err.print(f"[bold red]WARNING:[/] {warning}", highlight=False)
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(result.by_kind.items())) or "no artifacts"
@@ -152,12 +155,34 @@ def build(
         raise typer.Exit(1)
 
 
+#: set by a command once its work is over, every file it wrote closed and every folder of its
+#: own removed (the build's gpg home among them)
+_DONE: list[bool] = []
+
+
 def main() -> None:
     try:
         app()
     except RepobuildError as exc:  # pragma: no cover - run() catches these
         print(f"repobuild: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    except SystemExit as exc:
+        if _DONE and isinstance(exc.code, int | None):
+            _quick_exit(exc.code or 0)
+        raise
+
+
+def _quick_exit(code: int) -> None:
+    """Exit without tearing the interpreter down: freeing each of a build's objects one by one
+    took ~0.09 s after adding one package to 10,000 artifacts, and more at 100,000. Taken only
+    when no other thread or child process is left, whose work would be cut short."""
+    import multiprocessing  # imported already by a build
+
+    if threading.active_count() > 1 or multiprocessing.active_children():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @app.command()
