@@ -115,9 +115,10 @@ def build(
     from repobuild.build import build as do_build
     from repobuild.config import load_config
     from repobuild.errors import UsageError
-    from repobuild.workers import one_malloc_arena
+    from repobuild.process import fewer_collections, one_malloc_arena
 
     one_malloc_arena()  # before the build starts its threads
+    fewer_collections()
 
     if keys is None:
         fail(UsageError("no signing keys: pass --keys KEYDIR (see 'repobuild keys generate')"))

@@ -49,20 +49,6 @@ def _keep_freed_memory() -> None:
         pass
 
 
-def one_malloc_arena() -> None:
-    """Have glibc's malloc serve every thread of this process from the main arena.
-
-    A build's threads (the key unlocking, the apt indices' gzip and xz) otherwise each get an
-    arena of their own, whose freed memory the main thread cannot reuse: at 100,000 artifacts
-    a rebuild peaked at ~486 MB with them and at ~464 MB without (MALLOC_ARENA_MAX=1), and
-    ran no slower. Call it before any thread starts; a no-op where glibc is not the libc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-8, 1)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
 def _ready() -> int:
     return os.getpid()
 

@@ -1,9 +1,10 @@
-"""The build command's malloc policy: one arena for all of its threads (see
-``repobuild.workers.one_malloc_arena``), which keeps a rebuild of 100,000 artifacts ~25 MB
-further below its 500 MB limit."""
+"""How the build command runs (``repobuild.process``): one malloc arena for all of its threads,
+which keeps a rebuild of 100,000 artifacts ~25 MB further below its 500 MB limit, and fewer
+garbage collector runs."""
 
 from __future__ import annotations
 
+import gc
 import platform
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.skipif(
+glibc_only = pytest.mark.skipif(
     sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
     reason="glibc's malloc arenas only",
 )
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.skipif(
 # Threads that each allocate; then glibc's own report (malloc_info) of the arenas it made.
 PROBE = textwrap.dedent("""
     import ctypes, os, sys, tempfile, threading
-    from repobuild.workers import one_malloc_arena
+    from repobuild.process import one_malloc_arena
     if sys.argv[1] == "one":
         one_malloc_arena()
     libc = ctypes.CDLL("libc.so.6")
@@ -51,20 +52,34 @@ def arenas(mode: str) -> int:
     return int(done.stdout)
 
 
+@glibc_only
 def test_threads_share_the_main_arena_after_one_malloc_arena() -> None:
     assert arenas("default") > 1  # the probe sees the arenas threads get by default
     assert arenas("one") == 1
 
 
-def test_the_build_command_sets_it_before_building(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fewer_collections_sets_the_build_threshold() -> None:
+    from repobuild import process
+
+    before = gc.get_threshold()
+    try:
+        process.fewer_collections()
+        assert gc.get_threshold() == process.GC_THRESHOLD
+        assert process.GC_THRESHOLD[0] > 100 * before[0]
+    finally:
+        gc.set_threshold(*before)
+
+
+def test_the_build_command_sets_both_before_building(monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
     import repobuild.build
-    import repobuild.workers
+    import repobuild.process
     from repobuild.cli import app
 
     calls: list[str] = []
-    monkeypatch.setattr(repobuild.workers, "one_malloc_arena", lambda: calls.append("arena"))
+    monkeypatch.setattr(repobuild.process, "one_malloc_arena", lambda: calls.append("arena"))
+    monkeypatch.setattr(repobuild.process, "fewer_collections", lambda: calls.append("gc"))
 
     def fake_build(*_args: object, **_kwargs: object) -> None:
         calls.append("build")
@@ -72,4 +87,4 @@ def test_the_build_command_sets_it_before_building(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(repobuild.build, "build", fake_build)
     CliRunner().invoke(app, ["build", "src", "--out", "out", "--keys", "keys"])
-    assert calls == ["arena", "build"]
+    assert calls == ["arena", "gc", "build"]

@@ -1,0 +1,39 @@
+"""How the ``repobuild build`` process runs: its memory allocator and its garbage collector.
+
+Process-wide settings, so the command line applies them (before the build starts a thread or a
+worker, which inherit them), never the library: a program that calls :func:`repobuild.build.build`
+keeps its own.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+
+#: the cyclic collector's first threshold for a build: a collection per 100,000 new objects
+#: instead of per 700 (Python's default)
+GC_THRESHOLD = (100_000, 50, 100)
+
+
+def one_malloc_arena() -> None:
+    """Have glibc's malloc serve every thread of this process from the main arena.
+
+    A build's threads (the key unlocking, the apt indices' gzip and xz) otherwise each get an
+    arena of their own, whose freed memory the main thread cannot reuse: at 100,000 artifacts
+    a rebuild peaked at ~486 MB with them and at ~464 MB without (MALLOC_ARENA_MAX=1), and
+    ran no slower. Call it before any thread starts; a no-op where glibc is not the libc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+def fewer_collections() -> None:
+    """Run the cyclic garbage collector less often. A build creates objects by the million and
+    keeps most of them to the end: adding one package to 10,000 artifacts, the default settings
+    made ~400 collections, three of them over every object, which freed ~1,100 objects in all.
+    With these, a rebuild of 100,000 artifacts took 11.6-13.4 s instead of 13.2-14.4 s and
+    adding one package to 10,000 ~0.1 s less, at the same peak memory (~450 MB at 100,000)."""
+    gc.set_threshold(*GC_THRESHOLD)
