@@ -5,13 +5,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import lzma
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 from debian.debian_support import Version
 
+from repobuild.formats import xz
 from repobuild.model import Artifact
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -57,10 +57,10 @@ def gzip_bytes(data: bytes) -> bytes:
 
 
 def xz_bytes(data: bytes) -> bytes:
-    # preset 6 with a 2 MiB dictionary: the same output every time, ~25 MB of compressor
-    # memory instead of ~94 MB (Packages files compress to a few percent either way)
-    filters = [{"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 2 << 20}]
-    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, filters=filters)
+    """``data`` xz-compressed (preset 6, a 2 MiB dictionary, CRC64): the same bytes every time.
+    For large files, :mod:`repobuild.formats.xz` makes the same stream in blocks compressed at
+    once."""
+    return xz.compress(data)
 
 
 @dataclass(frozen=True)
