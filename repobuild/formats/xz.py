@@ -17,6 +17,9 @@ from typing import NamedTuple
 # preset 6 with a 2 MiB dictionary: the same output every time, ~25 MB of compressor memory
 # instead of ~94 MB (Packages files compress to a few percent either way)
 FILTERS = ({"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 2 << 20},)
+# a block's: a 1 MiB dictionary, so that two compressors at once hold what one did (a 2 MB
+# Packages file in two blocks came out the same size as with 2 MiB)
+BLOCK_FILTERS = ({"id": lzma.FILTER_LZMA2, "preset": 6, "dict_size": 1 << 20},)
 
 _MAGIC = b"\xfd7zXZ\x00"
 _FLAGS = b"\x00\x04"  # stream flags: CRC64 checks
@@ -29,17 +32,17 @@ class Block(NamedTuple):
     uncompressed: int  # and the size of what it holds
 
 
-def compress(data: bytes) -> bytes:
+def compress(data: bytes, filters: Sequence[dict[str, int]] = FILTERS) -> bytes:
     """``data`` as a one-block xz stream with CRC64 checks."""
     return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64,
-                         filters=list(FILTERS))
+                         filters=list(filters))
 
 
 def block(data: bytes) -> Block:
-    """``data`` (not empty) compressed as one block, for :func:`join`."""
+    """``data`` (not empty) compressed as one block (BLOCK_FILTERS), for :func:`join`."""
     if not data:
         raise ValueError("an xz block holds at least one byte")
-    stream = compress(data)
+    stream = compress(data, BLOCK_FILTERS)
     backward = int.from_bytes(stream[-8:-4], "little")
     index_start = len(stream) - 12 - (backward + 1) * 4
     if stream[:8] != _MAGIC + _FLAGS or stream[index_start] != 0:
