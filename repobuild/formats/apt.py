@@ -58,8 +58,8 @@ def gzip_bytes(data: bytes) -> bytes:
 
 def xz_bytes(data: bytes) -> bytes:
     """``data`` xz-compressed (preset 6, a 2 MiB dictionary, CRC64): the same bytes every time.
-    For large files, :mod:`repobuild.formats.xz` makes the same stream in blocks compressed at
-    once."""
+    For large files, :mod:`repobuild.formats.xz` makes one stream of several blocks instead,
+    compressed at once."""
     return xz.compress(data)
 
 

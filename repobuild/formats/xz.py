@@ -4,7 +4,8 @@ and Python's lzma) reads such a file as one.
 
 The blocks are cut from liblzma's own output: a one-block stream per part, from which the block
 and its index record are taken, then a stream header, the blocks in order, an index of them and
-a stream footer around them. One block joined this way gives liblzma's own stream byte for byte.
+a stream footer around them. One block joined this way gives, byte for byte, liblzma's own
+stream made with the same filters (BLOCK_FILTERS).
 """
 
 from __future__ import annotations
