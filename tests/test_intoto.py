@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from repobuild.errors import ValidationError, VerificationError
 from repobuild.signing import intoto
@@ -262,6 +263,61 @@ def test_naive_expiry_is_refused(keys: Keys) -> None:
 def test_make_link_refuses_bad_products(keys: Keys, products: dict[str, str], match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         intoto.make_link(keys.builder_key, materials={}, products=products, command=["x"])
+
+
+def _many(count: int) -> dict[str, str]:
+    """More entries than make_link checks and encodes at once."""
+    return {f"blobs/sha256/{i % 256:02x}/{i:064x}/pkg-{i}.whl": f"{i:064x}" for i in range(count)}
+
+
+def test_large_link_is_the_canonical_json_signed(keys: Keys) -> None:
+    """Entries go in chunks, joined; the odd ones (a quote to escape, a dot file, non-ASCII)
+    are encoded one by one: the document must be what json.dumps makes of it, and its
+    signature must verify over the canonical bytes of its signed part."""
+    products = _many(9000) | {
+        'simple/a"b/index.html': "1" * 64,
+        "docs/.hidden/x": "2" * 64,
+        "simple/ünï/index.json": "3" * 64,
+        "a b/c": "4" * 64,
+    }
+    materials = dict(list(_many(5000).items())[::-1])  # not given in order
+    _, link = intoto.make_link(keys.builder_key, materials=materials, products=products,
+                               command=["repobuild", "build"])
+    doc = json.loads(link)
+    assert link == (json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+                    + "\n").encode()
+    signed = doc["signed"]
+    assert signed["products"] == {p: {"sha256": d} for p, d in products.items()}
+    assert signed["materials"] == {p: {"sha256": d} for p, d in materials.items()}
+    public = serialization.load_pem_public_key(keys.builder_pub)
+    assert isinstance(public, Ed25519PublicKey)
+    canonical = json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    public.verify(bytes.fromhex(doc["signatures"][0]["sig"]), canonical.encode())
+
+
+@pytest.mark.parametrize(
+    ("path", "digest", "match"),
+    [
+        ("a//b", "0" * 64, "relative"),
+        ("a/", "0" * 64, "relative"),
+        ("", "0" * 64, "relative"),
+        ("a/./b", "0" * 64, "relative"),
+        ("a/..", "0" * 64, "relative"),
+        ("a\\b", "0" * 64, "relative"),
+        ("ok", "0" * 63, "sha256"),
+        ("ok", "0" * 65, "sha256"),
+        ("ok", "G" * 64, "sha256"),
+    ],
+)
+def test_bad_entry_among_many_is_refused(keys: Keys, path: str, digest: str, match: str) -> None:
+    many = _many(6000)
+    many[path] = digest
+    if digest == "0" * 63:  # the chunk's total length would still be right
+        many["ok2"] = "0" * 65
+    with pytest.raises(ValidationError, match=match):
+        intoto.make_link(keys.builder_key, materials=many, products={}, command=["x"])
+    with pytest.raises(ValidationError, match=match):
+        intoto.make_link(keys.builder_key, materials={}, products=many, command=["x"])
 
 
 # --------------------------------------------------------------------- the real in-toto-verify

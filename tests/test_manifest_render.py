@@ -25,7 +25,16 @@ def _artifacts() -> list[Artifact]:
                      uploaded="y", yanked="", metadata_sha256=_sha("m"))
     odd = Artifact('files/a "quoted" name.txt', 'a "quoted" name.txt', "file", 0,
                    _sha("c"), sha512="f" * 128, uploaded="z", yanked="broken")
-    return [wheel, odd, deb]
+    # each string that needs escaping, alone in an entry: a backslash, a control character,
+    # DEL and a line separator (printed by JSON as they are, but not printable to Python)
+    sdist = Artifact("py/slash-2.0.tar.gz", "slash-2.0.tar.gz", "sdist", 30, _sha("d"),
+                     dist=DistInfo("slash", "2.0", None, "s", b""), uploaded="w",
+                     yanked="back\\slash")
+    tab = Artifact("files/tab\there", "tab\there", "file", 1, _sha("e"), uploaded="v")
+    odd_deb = Artifact("debs/x.deb", "x.deb", "deb", 2, _sha("f"), component="con\x7ftrib",
+                       deb=DebInfo("x\u2028y", "1:2.0~rc1", "all", "Package: x"),
+                       uploaded="u", yanked="why\nnot")
+    return [wheel, odd, deb, sdist, tab, odd_deb]
 
 
 def test_streamed_index_is_the_canonical_json_of_the_whole() -> None:
@@ -36,6 +45,7 @@ def test_streamed_index_is_the_canonical_json_of_the_whole() -> None:
         "dists/stable/main/binary-amd64/by-hash/SHA256/" + _sha("old"):
             FileEntry(9, _sha("old"), retired="2026-01-01T00:00:00Z"),
         "tab\tand\u2028line": FileEntry(1, _sha("t")),
+        "del\x7f": FileEntry(3, _sha("x")),
     }
     when = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
     meta = {"origin": "O", "label": "L", "suite": "stable", "codename": "stable"}

@@ -383,28 +383,22 @@ def make_link(
     ``.repobuild/*``: the layout refuses them.
     """
     signer = _signer(builder_private_pem)
-    reserved = re.compile("|".join(fnmatch.translate(p) for p in RESERVED_PATTERNS))
+    material_paths, product_paths = sorted(materials), sorted(products)
     if step == BUILD_STEP:
-        for path in products:
-            if reserved.match(path):
-                raise ValidationError(
-                    f"product {path!r} is written after the link or never served; leave it out"
-                )
-    plain = not any(_CONTROL.search(s) for s in (*materials, *products, *command, step))
+        _refuse_reserved(product_paths)
+    plain = not (_any_control(material_paths) or _any_control(product_paths)
+                 or any(_CONTROL.search(s) for s in (*command, step)))
     signed_bytes: bytes | bytearray
     if plain:
         # at 100,000 products the link is ~50 MB: written straight as canonical bytes, never
         # held as a dict of dicts and then as a string as well
-        for path, digest in materials.items():
-            _check_entry(path, digest, "material")
-        for path, digest in products.items():
-            _check_entry(path, digest, "product")
         # room is kept in front for the document's head, whose length is known (an Ed25519
         # signature is always 128 hex digits), so the link is never copied whole
         dummy = {"keyid": signer.public_key.keyid, "sig": "0" * 128}
         reserve = len(_dumps({"signatures": [dummy]})) - 2 + len(b',"signed":')
-        signed_bytes = _canonical_link(command, step, materials, products, reserve=reserve)
-    else:
+        signed_bytes = _canonical_link(command, step, (material_paths, materials, "material"),
+                                       (product_paths, products, "product"), reserve=reserve)
+    else:  # _artifacts checks each entry
         reserve = 0
         signed_bytes = _canonical_bytes({
             "_type": "link",
@@ -434,40 +428,92 @@ def make_link(
     return name, signed_bytes
 
 
+Entries = tuple[list[str], Mapping[str, str], str]  # sorted paths, path -> digest, what
+
+
 def _canonical_link(
-    command: Sequence[str], step: str, materials: Mapping[str, str], products: Mapping[str, str],
+    command: Sequence[str], step: str, materials: Entries, products: Entries,
     *, reserve: int = 0,
 ) -> bytearray:
     """The canonical JSON of a link's signed part, for strings without control characters,
-    after ``reserve`` bytes of room."""
-
-    text = _encode_text
-
-    def artifacts(entries: Mapping[str, str]) -> None:
-        out.extend(b"{")
-        for i, path in enumerate(sorted(entries)):
-            if i:
-                out.extend(b",")
-            out.extend(text(path))
-            out.extend(b':{"sha256":"')
-            out.extend(entries[path].encode("ascii"))
-            out.extend(b'"}')
-        out.extend(b"}")
-
+    after ``reserve`` bytes of room; each entry is checked on the way (:func:`_check_entry`)."""
     out = bytearray(reserve)
     out.extend(b'{"_type":"link","byproducts":{},"command":')
     out.extend(json.dumps(list(command), ensure_ascii=False, separators=(",", ":")).encode())
     out.extend(b',"environment":{},"materials":')
-    artifacts(materials)
+    _artifact_object(out, *materials)
     out.extend(b',"name":')
-    out.extend(text(step))
+    out.extend(_encode_text(step))
     out.extend(b',"products":')
-    artifacts(products)
+    _artifact_object(out, *products)
     out.extend(b"}")
     return out
 
 
+_CHUNK = 4096  # entries checked and encoded at once
+# what a clean path never holds, joined between NULs: a backslash, an empty component, a
+# leading or trailing "/", a component starting with "." (clean, but left to the exact check),
+# and a quote (clean, but to be escaped)
+_UNCLEAN = ("\\", '"', "//", "\x00/", "/\x00", "\x00\x00", "/.", "\x00.")
+_LOWER_HEX = re.compile(r"[0-9a-f]*")
+
+
+def _artifact_object(out: bytearray, paths: list[str], entries: Mapping[str, str],
+                     what: str) -> None:
+    """``{"path":{"sha256":"..."},...}`` for the sorted ``paths``, without control characters.
+
+    A chunk of entries is checked at once on joined strings (NUL never occurs in a clean path,
+    so it separates them): no empty, absolute or ``.``/``..`` component, no backslash, only
+    64 lowercase hex digits. A chunk that fails, or has a quote to escape, goes entry by entry:
+    :func:`_check_entry` raises with the reason, and the encoder escapes."""
+    out.extend(b"{")
+    for start in range(0, len(paths), _CHUNK):
+        chunk = paths[start:start + _CHUNK]
+        digests = [entries[path] for path in chunk]
+        if start:
+            out.extend(b",")
+        if _clean_chunk(chunk, digests):
+            out.extend(",".join([f'"{path}":{{"sha256":"{digest}"}}'
+                                 for path, digest in zip(chunk, digests, strict=True)]).encode())
+            continue
+        for i, (path, digest) in enumerate(zip(chunk, digests, strict=True)):
+            _check_entry(path, digest, what)
+            if i:
+                out.extend(b",")
+            out.extend(_encode_text(path))
+            out.extend(b':{"sha256":"')
+            out.extend(digest.encode("ascii"))
+            out.extend(b'"}')
+    out.extend(b"}")
+
+
+def _clean_chunk(paths: list[str], digests: list[str]) -> bool:
+    try:
+        joined = "\x00" + "\x00".join(paths) + "\x00"
+        hexes = "".join(digests)
+    except TypeError:  # not all strings
+        return False
+    return (joined.count("\x00") == len(paths) + 1
+            and not any(bad in joined for bad in _UNCLEAN)
+            and len(hexes) == 64 * len(paths) and all(len(d) == 64 for d in digests)
+            and _LOWER_HEX.fullmatch(hexes) is not None)
+
+
+def _any_control(paths: list[str]) -> bool:
+    return any(_CONTROL.search("".join(paths[i:i + _CHUNK])) for i in range(0, len(paths), _CHUNK))
+
+
+def _refuse_reserved(paths: list[str]) -> None:
+    """Products must not include what is written after the link or never served."""
+    for path in paths:
+        if _RESERVED.match(path):
+            raise ValidationError(
+                f"product {path!r} is written after the link or never served; leave it out"
+            )
+
+
 _CONTROL = re.compile(r"[\x00-\x1f]")
+_RESERVED = re.compile("|".join(fnmatch.translate(p) for p in RESERVED_PATTERNS))
 _encode_str = json.JSONEncoder(ensure_ascii=False).encode  # one encoder, not one per string
 
 
