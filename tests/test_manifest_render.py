@@ -69,3 +69,26 @@ def test_streamed_index_is_the_canonical_json_of_the_whole() -> None:
     assert manifest.previous(streamed).kept_files[
         "dists/stable/main/binary-amd64/by-hash/SHA256/" + _sha("old")].retired == (
         "2026-01-01T00:00:00Z")
+
+
+def test_summary_is_the_previous_of_the_index_whatever_the_strings_hold() -> None:
+    """The summary (written string by string, escaped only where needed) is ASCII JSON and says
+    what manifest.previous says of the index rendered from the same data."""
+    arts = [a for a in _artifacts() if "\\" not in a.path]
+    for a in arts:
+        a.uploaded = f"2026-11-27T00:00:0{len(a.path) % 10}Z"
+    arts[1].uploaded = 'odd "ü"\t\\ time'  # as a summary must carry whatever the index holds
+    files = {
+        "blobs/sha256/aa/" + _sha("k") + '/ké "x".txt': FileEntry(4, _sha("k"), "2026-01-01T0Z"),
+        "dists/stable/main/binary-amd64/by-hash/SHA256/" + _sha("h"): FileEntry(6, _sha("h")),
+        "dists/stable/Release": FileEntry(5, _sha("r")),
+    }
+    when = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+    index = manifest.render(version=7, generated=when, expires=when, artifacts=arts,
+                            files=files, meta={})
+    pieces: list[str] = []
+    manifest.write_summary(pieces.append, 7, arts, files, _sha("index"))
+    text = "".join(pieces)
+    assert text.isascii()
+    assert json.loads(text)["uploaded"][arts[1].sha256] == 'odd "ü"\t\\ time'
+    assert manifest.previous_from_json(text.encode(), _sha("index")) == manifest.previous(index)

@@ -312,12 +312,13 @@ def write_summary(write: Callable[[str], object], version: int, artifacts: list[
     write(f'{{"format":1,"index_sha256":{enc(index_sha256)},"version":{int(version)},')
     write('"uploaded":{')
     for n, a in enumerate(artifacts):
-        write(f'{"," if n else ""}{enc(a.sha256)}:{enc(a.uploaded)}')
+        write(f'{"," if n else ""}{_ascii(a.sha256, enc)}:{_ascii(a.uploaded, enc)}')
     write('},"kept":{')
     sep = ""
     for path, f in files.items():
         if path.startswith("blobs/") or "/by-hash/" in path:
-            write(f"{sep}{enc(path)}:{enc([f.size, f.sha256, f.retired])}")
+            retired = "null" if f.retired is None else _ascii(f.retired, enc)
+            write(f"{sep}{_ascii(path, enc)}:[{int(f.size)},{_ascii(f.sha256, enc)},{retired}]")
             sep = ","
     # Files listed under "files" win over the artifacts' entries, as in previous(). Two files
     # with the same bytes and name share a blob and write the same entry twice (JSON keeps
@@ -325,13 +326,20 @@ def write_summary(write: Callable[[str], object], version: int, artifacts: list[
     for a in artifacts:
         blob = a.blob
         if blob not in files:
-            write(f"{sep}{enc(blob)}:{enc([a.size, a.sha256, None])}")
+            write(f"{sep}{_ascii(blob, enc)}:[{int(a.size)},{_ascii(a.sha256, enc)},null]")
             sep = ","
         meta = blob + ".metadata"
         if a.metadata_sha256 and meta not in files:
-            write(f"{sep}{enc(meta)}:{enc([-1, a.metadata_sha256, None])}")
+            write(f"{sep}{_ascii(meta, enc)}:[-1,{_ascii(a.metadata_sha256, enc)},null]")
             sep = ","
     write("}}")
+
+
+def _ascii(text: str, enc: Callable[[object], str]) -> str:
+    """A JSON string as ``enc`` (ASCII-only) writes it: as it is when nothing needs escaping."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return enc(text)
 
 
 def previous_from_json(data: bytes, index_sha256: str) -> Previous | None:
