@@ -1,15 +1,22 @@
-"""The persistent build cache under ``OUT/.repobuild/cache.json`` (never served or published).
+"""The persistent build cache under ``OUT/.repobuild/cache.bin`` (never served or published).
 
 Keyed by SOURCE path and validated against the file's size, mtime, ctime and inode, so that an
 unchanged file is neither read nor hashed again. ctime changes on every write, even when the
 mtime is put back, so an entry that disagrees with the disk in any of these is never trusted;
 ``--rehash`` ignores the cache altogether.
+
+The file is Python's ``marshal`` format, in frames of a few thousand entries: it loads in half
+the time of the same entries as JSON and is written in a fifth, at every build. It is local
+state, written and read by this tool only; an entry of the wrong shape is not used (nor is a
+file of another format, or another Python's: then every file is read again, once).
 """
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +25,12 @@ from repobuild.formats.deb import DebInfo
 from repobuild.formats.pydist import DistInfo
 from repobuild.model import Artifact
 
-CACHE_FILE = "cache.json"
-CACHE_FORMAT = 4  # one JSON list per file (3 was a dict per file: 3× the memory)
+CACHE_FILE = "cache.bin"
+OLD_FILES = ("cache.json",)  # earlier formats' files, removed when the cache is saved
+CACHE_FORMAT = 5  # marshal frames of [path, entry] (4 was one JSON list per file)
+_MAGIC = b"repobuild-cache\n%d %d\n" % (CACHE_FORMAT, marshal.version)
+_FRAME = struct.Struct("<I")  # the length of the marshal data that follows
+FRAME_ENTRIES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +91,9 @@ class BuildCache:
         self._hits = 0  # lookups answered from it
         if enabled:
             try:
-                doc = json.loads(self.path.read_bytes())
-                if doc.get("format") == CACHE_FORMAT and isinstance(doc.get("files"), dict):
-                    self.entries = doc["files"]
-                    self._loaded = len(self.entries)
-            except (OSError, ValueError, AttributeError):
+                self.entries = read_entries(self.path.read_bytes())
+                self._loaded = len(self.entries)
+            except (OSError, ValueError, EOFError, TypeError, struct.error):
                 self.entries = {}
 
     def lookup(self, rel: str, stamp: Stamp, *, sha512: bool) -> Artifact | None:
@@ -119,17 +128,47 @@ class BuildCache:
     def save(self, tmp: Path) -> None:
         if self.loaded_unchanged():
             return  # the same entries as on disk: nothing to write
-        # entry by entry, each through the C encoder: json.dump streams through the pure-Python
-        # encoder (~5 × slower), json.dumps of the whole holds ~60 MB at 100,000 files
-        dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write('{"files":{')
-            for n, rel in enumerate(sorted(self.fresh)):
-                fh.write(f'{"," if n else ""}{dumps(rel)}:{dumps(self.fresh[rel])}')
-            fh.write(f'}},"format":{CACHE_FORMAT}}}')
+        with open(tmp, "wb") as fh:
+            write_entries(fh.write, self.fresh)
         os.replace(tmp, self.path)
+        for name in OLD_FILES:
+            (self.path.parent / name).unlink(missing_ok=True)
 
     def loaded_unchanged(self) -> bool:
         """Every entry came from the file as it was and none is left over."""
         return (self.enabled and not self.entries and self._loaded == len(self.fresh)
                 and self._hits == len(self.fresh))
+
+
+def write_entries(write: Callable[[bytes], object], entries: dict[str, list[Any]]) -> None:
+    """A cache file of these entries, in path order, frame by frame: one marshal of 100,000
+    entries would hold ~40 MB at once."""
+    items = sorted(entries.items())
+    write(_MAGIC)
+    for start in range(0, len(items), FRAME_ENTRIES):
+        frame = marshal.dumps(items[start:start + FRAME_ENTRIES], 4)
+        write(_FRAME.pack(len(frame)))
+        write(frame)
+
+
+def read_entries(data: bytes) -> dict[str, list[Any]]:
+    """The entries of a cache file; ValueError when it is not one of this format."""
+    if not data.startswith(_MAGIC):
+        raise ValueError("not a cache file of this format")
+    entries: dict[str, list[Any]] = {}
+    view = memoryview(data)
+    at = len(_MAGIC)
+    while at < len(data):
+        (size,) = _FRAME.unpack_from(data, at)
+        at += _FRAME.size
+        if at + size > len(data):
+            raise ValueError("cut short")
+        frame = marshal.loads(view[at:at + size])
+        at += size
+        if type(frame) is not list:
+            raise ValueError("not a frame of entries")
+        for rel, entry in frame:
+            if type(rel) is not str or type(entry) is not list:
+                raise ValueError("not an entry")
+            entries[rel] = entry
+    return entries

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 import repobuild.build as rb
+from repobuild.cache import CACHE_FILE, read_entries, write_entries
 from repobuild.config import Config
 from tests.clients import (
     DEMO_KEYS,
@@ -229,6 +230,44 @@ def test_unchanged_rebuild_reads_no_artifact_and_rehash_reads_all(
     verify_ok(out)
 
 
+@pytest.mark.parametrize("damage", ["cut", "garbage", "other-format", "wrong-shape"])
+def test_a_damaged_cache_costs_a_read_and_nothing_else(
+        src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    """The cache file cut short, overwritten, of another format or with entries of the wrong
+    shape: every file is read again, the index is the same, and the next build trusts the
+    cache it saved. A cache of the format before (cache.json) is removed."""
+    monkeypatch.setenv("REPOBUILD_WORKERS", "0")
+    out = tmp_path / "out"
+    every = sorted(p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_file())
+    rb.build(src, out, DEMO_KEYS, Config())
+    artifacts = index_of(out)["artifacts"]
+    cache_file = out / ".repobuild" / CACHE_FILE
+    data = cache_file.read_bytes()
+    entries = read_entries(data)
+    assert sorted(entries) == every
+    if damage == "cut":
+        cache_file.write_bytes(data[:len(data) // 2])
+    elif damage == "garbage":
+        cache_file.write_bytes(os.urandom(len(data)))
+    elif damage == "other-format":
+        cache_file.write_bytes(data.replace(b"repobuild-cache\n5 ", b"repobuild-cache\n9 ", 1))
+    else:
+        with open(cache_file, "wb") as fh:
+            write_entries(fh.write, {rel: [entry] for rel, entry in entries.items()})
+    (out / ".repobuild" / "cache.json").write_text('{"format":4,"files":{}}')
+
+    log = ReadLog(monkeypatch, tmp_path / "reads.log")
+    rb.build(src, out, DEMO_KEYS, Config())
+    assert log.reads() == every
+    assert index_of(out)["artifacts"] == artifacts
+    assert read_entries(cache_file.read_bytes()) == entries
+    assert not (out / ".repobuild" / "cache.json").exists()
+    log.clear()
+    rb.build(src, out, DEMO_KEYS, Config())
+    assert log.reads() == []
+    verify_ok(out)
+
+
 def test_blob_deleted_from_out_is_put_back_by_the_next_build(
         src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cache vouches for a file without looking at OUT; a blob (or a wheel's .metadata)
@@ -296,13 +335,14 @@ def test_rehash_catches_a_change_the_cache_vouches_for(src: Path, tmp_path: Path
     out = tmp_path / "out"
     build(src, out)
     old, new = _change_in_place(src / rel)  # a byte of the zip's first local header name
-    cache_file = out / ".repobuild/cache.json"
-    cache = json.loads(cache_file.read_bytes())
+    cache_file = out / ".repobuild" / CACHE_FILE
+    entries = read_entries(cache_file.read_bytes())
     st = (src / rel).stat()
-    entry = cache["files"][rel]  # [size, mtime_ns, ctime_ns, inode, kind, sha256, ...]
+    entry = entries[rel]  # [size, mtime_ns, ctime_ns, inode, kind, sha256, ...]
     assert entry[5] == old
     entry[:4] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-    cache_file.write_text(json.dumps(cache))
+    with open(cache_file, "wb") as fh:
+        write_entries(fh.write, entries)
 
     assert artifact(build(src, out), rel)["sha256"] == old, "the forged stamp was not trusted"
     art = artifact(build(src, out, "--rehash"), rel)
