@@ -230,6 +230,29 @@ def test_unchanged_rebuild_reads_no_artifact_and_rehash_reads_all(
     verify_ok(out)
 
 
+def test_a_few_new_files_are_read_in_the_build_process(
+        src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With worker processes, a first build sends its files to them; a rebuild with one new
+    package reads it in its own process (a worker's round trip costs more than the read)."""
+    monkeypatch.setenv("REPOBUILD_WORKERS", "2")
+    monkeypatch.setattr(rb, "IN_PROCESS_FILES", 3)  # fewer than the fixture's files
+    here: list[str] = []
+    ingest_into = rb.ingest_into
+
+    def counted(root: str, job: tuple[str, str], **kw: Any) -> Any:
+        here.append(job[1])
+        return ingest_into(root, job, **kw)
+
+    monkeypatch.setattr(rb, "ingest_into", counted)
+    out = tmp_path / "out"
+    rb.build(src, out, DEMO_KEYS, Config())
+    assert here == []
+    mr.make_deb(src / "debs", "rbdemo-new", "3.0-1", "amd64")
+    result = rb.build(src, out, DEMO_KEYS, Config())
+    assert here == ["debs/rbdemo-new_3.0-1_amd64.deb"] and result.new_blobs == 1
+    verify_ok(out)
+
+
 @pytest.mark.parametrize("damage", ["cut", "garbage", "other-format", "wrong-shape"])
 def test_a_damaged_cache_costs_a_read_and_nothing_else(
         src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
