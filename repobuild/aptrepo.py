@@ -8,6 +8,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from repobuild.blockcache import BlockCache
 from repobuild.config import Config
 from repobuild.formats import xz
 from repobuild.formats.apt import (
@@ -22,7 +23,8 @@ from repobuild.model import Artifact
 from repobuild.signing.gpg import GpgSigner
 
 DEFAULT_ARCH = "amd64"
-#: Packages files from this size on are xz-compressed in two blocks at once
+#: Packages files from this size on are xz-compressed in blocks cut by their content, two at
+#: once, and the blocks of the last build are used again (repobuild.blockcache)
 XZ_SPLIT_BYTES = 1 << 20
 
 
@@ -56,8 +58,10 @@ class AptJob:
     """Packages rendered and their compression under way (gzip and xz release the GIL): the
     build does other work meanwhile, then :meth:`finish` collects them and signs Release."""
 
-    def __init__(self, debs: list[Artifact], config: Config) -> None:
+    def __init__(self, debs: list[Artifact], config: Config,
+                 blocks: BlockCache | None = None) -> None:
         self.config = config
+        self._blocks = blocks
         self.arches = architectures(debs, config)
         self.components = sorted({a.component for a in debs} | {config.default_component})
         grouped: dict[tuple[str, str], list[Artifact]] = defaultdict(list)
@@ -86,11 +90,13 @@ class AptJob:
             self._pool.shutdown(wait=False)
 
     def _xz(self, plain: bytes) -> Future[bytes] | _Joined:
-        """Packages.xz under way: a large file in two blocks compressed at once (its xz was the
-        longest step of the apt indices, and the last to end), for ~1 % more bytes."""
+        """Packages.xz under way: a large file in blocks, two compressed at once (its xz was
+        the longest step of the apt indices, and the last to end), each taken from the last
+        build when it holds the same packages, for ~2 % more bytes."""
         if len(plain) < XZ_SPLIT_BYTES:
             return self._pool.submit(xz_bytes, plain)
-        return _Joined([self._pool.submit(xz.block, part) for part in xz.split(plain, 2)])
+        make = self._blocks.block if self._blocks is not None else xz.block
+        return _Joined([self._pool.submit(make, part) for part in xz.cut(plain)])
 
     def finish(self, signer: GpgSigner, now: datetime) -> AptOutput:
         config = self.config

@@ -25,6 +25,8 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from repobuild.aptrepo import AptJob
+from repobuild.blockcache import FOLDER as BLOCKS
+from repobuild.blockcache import BlockCache
 from repobuild.cache import BuildCache, Stamp
 from repobuild.config import Config, build_time, source_date_epoch
 from repobuild.errors import RepobuildError, UsageError, ValidationError
@@ -633,6 +635,7 @@ def build(
 
         phase("reading")
         cache = BuildCache(tree.state, enabled=not rehash)
+        blocks = BlockCache(tree.state / BLOCKS, enabled=not rehash)
         stamp_now = rfc3339(now)
         early: list[AptJob] = []
         early_pages: list[tuple[list[Project], list[PageJob]]] = []
@@ -645,7 +648,7 @@ def build(
                 debs = [item.artifact for item in items if item.artifact.deb is not None]
                 for art in debs:
                     art.component = config.component_for(art.path)
-                early.append(AptJob(debs, config))
+                early.append(AptJob(debs, config, blocks))
             elif group == "python" and first_build and workers.count:
                 # a first build: the workers write the project pages into a folder of their
                 # own, which lands whole (one rename) with the other indices
@@ -688,7 +691,8 @@ def build(
             page_jobs = _stage_pages(str(tree.root), workers, projects, renderer,
                                      str(tree.state) if prev is not None else None)
         # the Packages files compress in threads (since the last .deb was read)
-        apt_job = early[0] if early else AptJob([a for a in arts if a.deb is not None], config)
+        apt_job = early[0] if early else AptJob([a for a in arts if a.deb is not None], config,
+                                                blocks)
         early.clear()
         components = tuple(apt_job.components)
         keys = keys_job.result()
@@ -827,6 +831,7 @@ def build(
                 result.removed += 1
         del on_disk
         cache.save(tree.temp_path())
+        blocks.prune()
         page_record.land(tree.state)
         for art in arts:
             result.by_kind[art.kind] = result.by_kind.get(art.kind, 0) + 1

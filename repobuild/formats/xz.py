@@ -6,6 +6,10 @@ The blocks are cut from liblzma's own output: a one-block stream per part, from 
 and its index record are taken, then a stream header, the blocks in order, an index of them and
 a stream footer around them. One block joined this way gives, byte for byte, liblzma's own
 stream made with the same filters (BLOCK_FILTERS).
+
+A large Packages file is cut into blocks by its content (:func:`cut`), not by its length, so
+that adding or removing a package changes one block (rarely two or three) and every other block
+of the last build can be used again (repobuild.blockcache) instead of compressed again.
 """
 
 from __future__ import annotations
@@ -70,22 +74,34 @@ def join(blocks: Sequence[Block]) -> bytes:
     return b"".join([header, *(b.data for b in blocks), bytes(index), footer])
 
 
-def split(data: bytes, parts: int, sep: bytes = b"\n\n") -> list[bytes]:
-    """``data`` cut into at most ``parts`` pieces of about the same size, each cut just after
-    a ``sep``; none is empty, and together they are ``data``."""
-    pieces: list[bytes] = []
-    start = 0
-    for k in range(1, parts):
-        at = data.find(sep, max(start, len(data) * k // parts))
-        if at < 0:
-            break
-        cut = at + len(sep)
-        if cut >= len(data):
-            break
-        pieces.append(data[start:cut])
-        start = cut
-    pieces.append(data[start:])
-    return pieces
+# content-defined cuts: after a stanza whose CRC-32 is a multiple of CUT_EVERY, once the block
+# holds CUT_MIN bytes; always once it holds CUT_MAX. With ~450-byte stanzas the blocks hold
+# ~250 KB: a 2 MB Packages.xz is ~2 % larger than in two blocks.
+CUT_MIN = 128 << 10
+CUT_MAX = 1 << 20
+CUT_EVERY = 256
+
+
+def cut(data: bytes, sep: bytes = b"\n\n", *, min_size: int = CUT_MIN,
+        max_size: int = CUT_MAX, every: int = CUT_EVERY) -> list[bytes]:
+    """``data`` cut just after some of its ``sep``, where the content says: after a piece
+    (from one ``sep`` to the next) whose CRC-32 is a multiple of ``every``, once the part holds
+    ``min_size`` bytes, and always once it holds ``max_size``. The same pieces give the same
+    cuts wherever they stand, so an insertion or removal changes only the parts around it.
+    None is empty, and together they are ``data``."""
+    view = memoryview(data)
+    parts: list[bytes] = []
+    start = pos = 0
+    while (at := data.find(sep, pos)) >= 0:
+        end = at + len(sep)
+        size = end - start
+        if size >= max_size or (size >= min_size and zlib.crc32(view[pos:end]) % every == 0):
+            parts.append(data[start:end])
+            start = end
+        pos = end
+    if start < len(data) or not parts:
+        parts.append(data[start:])
+    return parts
 
 
 def _crc32(data: bytes | bytearray) -> bytes:

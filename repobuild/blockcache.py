@@ -1,0 +1,91 @@
+"""Compressed xz blocks of the last build, kept in OUT/.repobuild/xz-blocks/ (never served).
+
+A large Packages file is compressed in blocks cut by its content (repobuild.formats.xz.cut):
+after one package is added to 10,000, one block of ~250 KB is new and the others are the last
+build's. A kept block is used again only after it has been decompressed back to exactly the
+block's bytes (liblzma checks its CRC-64 as well), so a damaged or foreign file costs one
+compression, never a wrong Packages.xz. Blocks that no build used are removed when a build has
+landed (:meth:`BlockCache.prune`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import os
+import struct
+import threading
+from pathlib import Path
+
+from repobuild.formats import xz
+
+FOLDER = "xz-blocks"
+_SUFFIX = ".xzb"
+_HEAD = struct.Struct("<QQ")  # a kept block: its unpadded and uncompressed sizes, then its bytes
+
+
+class BlockCache:
+    def __init__(self, folder: Path, *, enabled: bool = True) -> None:
+        self.folder = folder
+        self.enabled = enabled
+        self._used: set[str] = set()
+        self._lock = threading.Lock()
+        self.reused = 0  # blocks taken from the folder by this build
+        self.made = 0  # blocks compressed by this build
+
+    def block(self, data: bytes) -> xz.Block:
+        """``data`` as an xz block (:func:`repobuild.formats.xz.block`): the kept one if it
+        holds exactly ``data``, else compressed now and kept. Called from several threads."""
+        key = hashlib.sha256(data).hexdigest()
+        path = self.folder / (key + _SUFFIX)
+        with self._lock:
+            self._used.add(key)
+        if self.enabled:
+            kept = _read(path, data)
+            if kept is not None:
+                with self._lock:
+                    self.reused += 1
+                return kept
+        made = xz.block(data)
+        with self._lock:
+            self.made += 1
+        if self.enabled:
+            _write(path, made)
+        return made
+
+    def prune(self) -> None:
+        """Remove the kept blocks that this build did not use (after it has landed)."""
+        if not self.enabled:
+            return
+        try:
+            names = os.listdir(self.folder)
+        except OSError:
+            return
+        for name in names:  # and what a killed build left half-written
+            if not (name.endswith(_SUFFIX) and name[:-len(_SUFFIX)] in self._used):
+                (self.folder / name).unlink(missing_ok=True)
+
+
+def _read(path: Path, data: bytes) -> xz.Block | None:
+    try:
+        raw = path.read_bytes()
+        unpadded, uncompressed = _HEAD.unpack_from(raw)
+        block = xz.Block(raw[_HEAD.size:], unpadded, uncompressed)
+        if uncompressed != len(data) or lzma.decompress(xz.join([block])) != data:
+            return None
+    except (OSError, struct.error, lzma.LZMAError, ValueError, IndexError):
+        return None
+    return block
+
+
+def _write(path: Path, block: xz.Block) -> None:
+    """Kept for the next build; a block that cannot be kept is only compressed again."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(_HEAD.pack(block.unpadded, block.uncompressed))
+            fh.write(block.data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
