@@ -737,8 +737,10 @@ def build(
         del apt
         page_record = KnownWriter(tree.temp_path(), renderer)
         for job in page_jobs:
-            for name, key, html_size, html_sha, html_at, js_size, js_sha, js_at in job():
-                page_record.add(name, (key, html_size, html_sha, js_size, js_sha))
+            for (name, key, html_size, html_sha, html_at, js_size, js_sha, js_at, html_stamp,
+                 js_stamp) in job():
+                page_record.add(name, (key, html_size, html_sha, js_size, js_sha, html_stamp,
+                                       js_stamp))
                 html_path, json_path = page_paths(name)
                 for path, size, digest, where in ((html_path, html_size, html_sha, html_at),
                                                   (json_path, js_size, js_sha, js_at)):

@@ -3,8 +3,14 @@
 A rebuild renders only the projects whose pages would change: each page pair is recorded in
 ``OUT/.repobuild/pages.json`` with a key over everything it is rendered from (the project's
 files, the templates and the rendering code) and the SHA-256 of both pages. A project whose key
-is unchanged and whose two pages in OUT still hash to what was recorded is not rendered again;
+is unchanged and whose two pages in OUT still hold what was recorded is not rendered again;
 anything else (a new file, a changed template, a page edited or removed in OUT) renders it.
+
+Whether a page still holds what was recorded is known from its bytes, read and hashed, or, once
+a build has done that, from its stamp as it was then: size, mtime, ctime and inode, as the
+build cache knows a SOURCE file. Any write to the page changes its ctime (which no one can set
+back), and replacing it changes its inode, so a page whose stamp is the recorded one is the page
+that was hashed.
 """
 
 from __future__ import annotations
@@ -24,13 +30,17 @@ from repobuild.store import write_aside
 from repobuild.templating import template_path
 
 Project = tuple[str, list[SimpleFile]]
-#: a project's pages as rendered: (key, html size, html sha256, json size, json sha256)
-Known = tuple[str, int, str, int, str]
+#: a page's stamp when it was last hashed: [size, mtime_ns, ctime_ns, inode], or None
+Stamp = list[int] | None
+#: a project's pages as rendered: (key, html size, html sha256, json size, json sha256, html
+#: stamp, json stamp)
+Known = tuple[str, int, str, int, str, Stamp, Stamp]
 #: a project's pages as staged: (name, key, html size, html sha256, where the html page was
-#: staged (see repobuild.store.write_aside), json size, json sha256, where the json was staged)
-PageRow = tuple[str, str, int, str, str | None, int, str, str | None]
+#: staged (see repobuild.store.write_aside), json size, json sha256, where the json was staged,
+#: html stamp, json stamp)
+PageRow = tuple[str, str, int, str, str | None, int, str, str | None, Stamp, Stamp]
 PAGES_FILE = "pages.json"
-_FORMAT = 1
+_FORMAT = 2  # 1 had no stamps
 
 
 def renderer_version() -> str:
@@ -66,29 +76,32 @@ def stage_project_pages(
     the build to take them."""
     known = _known(known_in, renderer) if known_in and renderer else None
     pages: list[tuple[str, bytes | bytearray]] = []
-    rows: list[tuple[str, str, int, str, int, str]] = []
+    rows: list[tuple[str, str, int, str, int, str, Stamp, Stamp]] = []
     for name, files in projects:
         key = project_key(renderer, name, files) if renderer else ""
         html_rel, json_rel = page_paths(name)
         hit = known.get(name) if known else None
-        if hit is not None and hit[0] == key and key and (
-            _holds(f"{root}/{html_rel}", hit[1], hit[2])
-            and _holds(f"{root}/{json_rel}", hit[3], hit[4])
-        ):
-            rows.append((name, *hit))
-            continue
+        if hit is not None and hit[0] == key and key:
+            html_stamp = _holds(f"{root}/{html_rel}", hit[1], hit[2], hit[5])
+            json_stamp = _holds(f"{root}/{json_rel}", hit[3], hit[4], hit[6]) if (
+                html_stamp is not None) else None
+            if json_stamp is not None:
+                rows.append((name, *hit[:5], html_stamp, json_stamp))
+                continue
         html, data = render_project(name, files)
         pages.append((html_rel, html))
         pages.append((json_rel, data))
+        # stamped when the next build hashes them: renamed into place, they change
         rows.append((name, key, len(html), hashlib.sha256(html).hexdigest(),
-                     len(data), hashlib.sha256(data).hexdigest()))
+                     len(data), hashlib.sha256(data).hexdigest(), None, None))
     # where each written page was staged; a page taken as it is was not written, and its
     # None says the same as write_aside's: OUT holds these bytes already
     where = dict(write_aside(root, pages))
     out: list[PageRow] = []
-    for name, key, hs, hh, js, jh in rows:
+    for name, key, hs, hh, js, jh, html_stamp, json_stamp in rows:
         html_rel, json_rel = page_paths(name)
-        out.append((name, key, hs, hh, where.get(html_rel), js, jh, where.get(json_rel)))
+        out.append((name, key, hs, hh, where.get(html_rel), js, jh, where.get(json_rel),
+                    html_stamp, json_stamp))
     return out
 
 
@@ -97,10 +110,26 @@ def page_paths(name: str) -> tuple[str, str]:
     return f"simple/{name}/index.html", f"simple/{name}/index.json"
 
 
-def _holds(path: str, size: int, sha256: str) -> bool:
-    """Whether ``path`` holds ``size`` bytes with this SHA-256 (read, not trusted by stat)."""
+def _holds(path: str, size: int, sha256: str, stamp: Stamp) -> list[int] | None:
+    """The page's stamp if ``path`` holds ``size`` bytes with this SHA-256: known from the
+    recorded stamp when the page still has it, else read and hashed; None if it does not."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    now = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    if stamp is not None and now == stamp and st.st_size == size:
+        return now
     found = hash_file(path)
-    return found is not None and (found.size, found.sha256) == (size, sha256)
+    try:
+        after = os.stat(path)
+    except OSError:
+        return None
+    if found is None or (found.size, found.sha256) != (size, sha256):
+        return None
+    # the stamp it had all along the read, or none (a page written meanwhile is hashed again)
+    return now if now == [after.st_size, after.st_mtime_ns, after.st_ctime_ns,
+                          after.st_ino] else None
 
 
 _LOADED: dict[tuple[str, str], tuple[tuple[int, int, int], dict[str, Known]]] = {}
@@ -136,14 +165,20 @@ def load_known(state: Path, renderer: str) -> dict[str, Known]:
         if doc.get("format") != _FORMAT or doc.get("renderer") != renderer:
             return {}
         known: dict[str, Known] = {}
-        for name, (key, hs, hh, js, jh) in doc["projects"].items():
+        for name, (key, hs, hh, js, jh, h_stamp, j_stamp) in doc["projects"].items():
             if not (isinstance(key, str) and isinstance(hs, int) and isinstance(hh, str)
-                    and isinstance(js, int) and isinstance(jh, str)):
+                    and isinstance(js, int) and isinstance(jh, str)
+                    and _is_stamp(h_stamp) and _is_stamp(j_stamp)):
                 return {}
-            known[name] = (key, hs, hh, js, jh)
+            known[name] = (key, hs, hh, js, jh, h_stamp, j_stamp)
         return known
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return {}
+
+
+def _is_stamp(value: object) -> bool:
+    return value is None or (isinstance(value, list) and len(value) == 4
+                             and all(type(v) is int for v in value))
 
 
 class KnownWriter:

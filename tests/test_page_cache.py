@@ -10,6 +10,7 @@ and the tree comes out as a build from scratch makes it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -125,3 +126,40 @@ def test_recorded_pages_cover_the_same_key_only(tmp_path: Path) -> None:
     assert pyrepo.project_key(r, "a", changed) != key, "yanking must change the key"
     assert pyrepo.project_key(r, "b", files) != key
     assert pyrepo.project_key("1" * 64, "a", files) != key
+
+
+def test_a_page_is_read_once_then_known_by_its_stamp_and_any_write_shows(
+    tmp_path: Path, rendered: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build after the one that wrote a page reads and hashes it, and records its stamp
+    (size, mtime, ctime, inode); the builds after that read no page. A page edited with its
+    size and mtime put back still changes its ctime: it is read again and put right."""
+    reads: list[str] = []
+    real = pyrepo.hash_file
+
+    def counting(path: str, **kw: bool) -> object:
+        reads.append(path)
+        return real(path, **kw)
+
+    monkeypatch.setattr(pyrepo, "hash_file", counting)
+    src = shutil.copytree(FIXTURES, tmp_path / "src")
+    out = tmp_path / "out"
+    rb.build(src, out, DEMO_KEYS, Config())
+    projects = sorted(rendered)
+    good = simple_pages(out)
+    rb.build(src, out, DEMO_KEYS, Config())
+    assert len(reads) == 2 * len(projects)  # each page hashed once, then stamped
+    reads.clear()
+    rendered.clear()
+    rb.build(src, out, DEMO_KEYS, Config())
+    assert reads == [] and rendered == []
+
+    page = out / "simple" / projects[0] / "index.json"
+    st = page.stat()
+    data = page.read_bytes()
+    page.write_bytes(data.replace(b"{", b"[", 1))
+    os.utime(page, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (page.stat().st_size, page.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    rb.build(src, out, DEMO_KEYS, Config())
+    assert reads == [str(page)] and rendered == [projects[0]]
+    assert simple_pages(out) == good
