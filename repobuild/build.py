@@ -891,7 +891,6 @@ def _layout(keys_job: Future[KeySet], expires: datetime) -> bytes | None:
         return None
     from repobuild.signing import intoto
 
-    intoto.key_id(keys.builder_public)  # imports securesystemslib now, off the critical path
     return intoto.make_layout(keys.owner_key, keys.builder_public, expires=expires)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from repobuild.errors import ValidationError, VerificationError
 from repobuild.signing import intoto
@@ -318,6 +318,87 @@ def test_bad_entry_among_many_is_refused(keys: Keys, path: str, digest: str, mat
         intoto.make_link(keys.builder_key, materials=many, products={}, command=["x"])
     with pytest.raises(ValidationError, match=match):
         intoto.make_link(keys.builder_key, materials={}, products=many, command=["x"])
+
+
+# ------------------------------------- the same keyids, layouts and signatures as in-toto's own
+
+
+def _sslib_layout(keys: Keys, when: datetime, source_names: list[str] | None,
+                  required: list[str] | None) -> bytes:
+    """The layout as in-toto's own classes make it, signed by securesystemslib."""
+    from in_toto.models.layout import Inspection, Layout, Step
+    from in_toto.models.metadata import Metablock
+    from securesystemslib.signer import CryptoSigner, SSlibKey
+
+    builder = SSlibKey.from_crypto(serialization.load_pem_public_key(keys.builder_pub))
+    builder_dict = builder.to_dict() | {"keyid": builder.keyid}
+    materials, products = intoto._build_step_rules(source_names)
+    rules = intoto._inspection_rules(required, [intoto._escape(f)
+                                                for f in intoto.DEFAULT_VERIFIER_FILES])
+    layout = Layout(
+        steps=[Step(name="build", pubkeys=[builder.keyid], threshold=1,
+                    expected_command=list(intoto.EXPECTED_COMMAND),
+                    expected_materials=materials, expected_products=products)],
+        inspect=[Inspection(name="verify-tree", run=list(intoto.INSPECTION_RUN),
+                            expected_materials=rules, expected_products=[list(r) for r in rules])],
+        keys={builder.keyid: builder_dict},
+        expires=when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        readme="",
+    )
+    block = Metablock(signed=layout)
+    private = serialization.load_pem_private_key(keys.owner_key, password=None)
+    assert isinstance(private, Ed25519PrivateKey)
+    block.create_signature(CryptoSigner(private))
+    return (json.dumps(block.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            + "\n").encode()
+
+
+@pytest.mark.parametrize("variant", ["default", "source-names", "required-paths"])
+def test_layout_is_in_totos_own_byte_for_byte(keys: Keys, variant: str) -> None:
+    when = datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)
+    names = sorted(SOURCE_FILES) if variant == "source-names" else None
+    required = sorted(OUT_FILES) if variant == "required-paths" else None
+    ours = intoto.make_layout(keys.owner_key, keys.builder_pub, expires=when,
+                              source_names=names, required_paths=required)
+    assert ours == _sslib_layout(keys, when, names, required)
+
+
+def test_keyid_and_link_signature_are_securesystemslibs(keys: Keys) -> None:
+    from securesystemslib.signer import CryptoSigner, Signature, SSlibKey
+
+    for pem in (keys.owner_pub, keys.builder_pub):
+        theirs = SSlibKey.from_crypto(serialization.load_pem_public_key(pem))
+        assert intoto.key_id(pem) == theirs.keyid
+        assert intoto._key_dict(pem) == theirs.to_dict() | {"keyid": theirs.keyid}
+    _, link = intoto.make_link(keys.builder_key, materials=_hashes(SOURCE_FILES),
+                               products=_hashes(OUT_FILES), command=["repobuild", "build"])
+    doc = json.loads(link)
+    signed = json.dumps(doc["signed"], sort_keys=True, separators=(",", ":"),
+                        ensure_ascii=False).encode()
+    private = serialization.load_pem_private_key(keys.builder_key, password=None)
+    assert isinstance(private, Ed25519PrivateKey)
+    assert doc["signatures"] == [CryptoSigner(private).sign(signed).to_dict()]
+    builder = SSlibKey.from_crypto(serialization.load_pem_public_key(keys.builder_pub))
+    builder.verify_signature(Signature.from_dict(doc["signatures"][0]), signed)
+
+
+def test_a_build_imports_neither_in_toto_nor_securesystemslib(tmp_path: Path) -> None:
+    """Their imports cost ~0.1 s of the GIL at every build; the build signs without them."""
+    from tests.clients import DEMO_KEYS, FIXTURES
+
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from repobuild.build import build\nfrom repobuild.config import Config\n"
+        f"build(Path({str(FIXTURES)!r}), Path({str(tmp_path / 'out')!r}), "
+        f"Path({str(DEMO_KEYS)!r}), Config())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('in_toto', 'securesystemslib')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    assert (tmp_path / "out" / "in-toto" / "root.layout").exists()
 
 
 # --------------------------------------------------------------------- the real in-toto-verify

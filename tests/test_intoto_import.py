@@ -12,7 +12,9 @@ SCRIPT = """
 import sys
 from pathlib import Path
 from repobuild.signing import intoto
-intoto.key_id(Path("keys.example/intoto/builder.pub").read_bytes())
+assert intoto.key_id(Path("keys.example/intoto/builder.pub").read_bytes())  # no import
+assert "securesystemslib" not in sys.modules
+intoto._import_sslib()  # as for a signer URI or an in-toto check
 import securesystemslib.signer._aws_signer as aws
 print("boto3 loaded:", "boto3" in sys.modules, "aws usable:", aws.AWS_IMPORT_ERROR is None)
 import boto3  # not blocked after the import

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import importlib
 import json
 import re
@@ -50,7 +51,10 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from repobuild.errors import ValidationError, VerificationError
 
@@ -166,8 +170,31 @@ def _sslib_key(public_pem: bytes) -> Any:
         raise ValidationError(f"unsupported in-toto public key ({exc})") from exc
 
 
+# An Ed25519 key (the keys repobuild makes) is handled here, without importing
+# securesystemslib and in-toto: ~0.1 s of imports that hold the GIL, at every build, while the
+# build's own thread renders. The keyid, the key's dict and the signatures are the ones
+# securesystemslib makes (its compute_default_keyid, SSlibKey.to_dict, CryptoSigner); tests
+# hold them to it. Any other key goes through securesystemslib.
+
+
+def _ed25519_dict(public: Ed25519PublicKey) -> dict[str, Any]:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    data: dict[str, Any] = {"keytype": "ed25519", "keyval": {"public": raw.hex()},
+                            "scheme": "ed25519"}
+    # the canonical JSON of these hex and name strings is json.dumps, sorted and compact
+    data["keyid"] = hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"))
+                                   .encode()).hexdigest()
+    return data
+
+
 def _key_dict(public_pem: bytes) -> dict[str, Any]:
     """The key as in-toto's layout and verifier carry it (legacy dict with its keyid)."""
+    try:
+        public = serialization.load_pem_public_key(public_pem)
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(f"not a PEM public key ({exc})") from exc
+    if isinstance(public, Ed25519PublicKey):
+        return _ed25519_dict(public)
     key = _sslib_key(public_pem)
     data: dict[str, Any] = key.to_dict()
     data["keyid"] = key.keyid
@@ -176,16 +203,37 @@ def _key_dict(public_pem: bytes) -> dict[str, Any]:
 
 def key_id(public_pem: bytes) -> str:
     """The keyid in-toto computes for this public key (what `in-toto-verify` loads)."""
-    return str(_sslib_key(public_pem).keyid)
+    return str(_key_dict(public_pem)["keyid"])
 
 
-def _signer(private_pem: Any) -> Any:
-    """A securesystemslib signer from PEM bytes; a signer object (from a URI) is used as is."""
-    _import_sslib()
-    from securesystemslib.signer import CryptoSigner
+class _Ed25519Signer:
+    """Signs as securesystemslib's CryptoSigner does for an Ed25519 key (deterministic)."""
 
+    def __init__(self, private: Ed25519PrivateKey) -> None:
+        self._private = private
+        self.keyid: str = _ed25519_dict(private.public_key())["keyid"]
+
+    def sign(self, data: bytes | memoryview) -> dict[str, str]:
+        return {"keyid": self.keyid, "sig": self._private.sign(bytes(data)).hex()}
+
+
+class _SslibSigner:
+    """A securesystemslib signer (from a signer URI), seen as :class:`_Ed25519Signer` is."""
+
+    def __init__(self, signer: Any) -> None:
+        self._signer = signer
+        self.keyid: str = signer.public_key.keyid
+
+    def sign(self, data: bytes | memoryview) -> dict[str, str]:
+        return dict(self._signer.sign(data).to_dict())
+
+
+def _signer(private_pem: Any) -> _Ed25519Signer | _SslibSigner:
+    """A signer from PEM bytes; a signer object (from a URI) is used through its
+    securesystemslib signer."""
     if not isinstance(private_pem, bytes):
-        return getattr(private_pem, "sslib_signer", private_pem)
+        _import_sslib()
+        return _SslibSigner(getattr(private_pem, "sslib_signer", private_pem))
     try:
         private = serialization.load_pem_private_key(private_pem, password=None)
     except (ValueError, TypeError) as exc:
@@ -194,7 +242,7 @@ def _signer(private_pem: Any) -> Any:
         # ECDSA would verify too, but its signatures are randomised: the layout and link bytes
         # would change at every build (CONTRACT.md, guarantee 4).
         raise ValidationError("in-toto keys must be Ed25519 (PKCS#8 PEM)")
-    return CryptoSigner(private)
+    return _Ed25519Signer(private)
 
 
 def link_name(public_pem: bytes, step: str = BUILD_STEP) -> str:
@@ -324,44 +372,41 @@ def make_layout(
     ``verifier_files``: exact root-level names a verifier may add to its copy (the layout key).
     ``expected_command``: what the link's ``command`` should be; in-toto only warns on mismatch.
     """
-    _import_sslib()
-    from in_toto.models.layout import Inspection, Layout, Step
-    from in_toto.models.metadata import Metablock
-
     signer = _signer(owner_private_pem)
     builder_key = _key_dict(builder_public_pem)
     materials, products = _build_step_rules(source_names)
     inspection_rules = _inspection_rules(required_paths, [_escape(f) for f in verifier_files])
-    try:
-        step = Step(
-            name=BUILD_STEP,
-            pubkeys=[builder_key["keyid"]],
-            threshold=1,
-            expected_command=list(expected_command),
-            expected_materials=materials,
-            expected_products=products,
-        )
-        inspection = Inspection(
-            name=INSPECTION,
-            run=list(INSPECTION_RUN),
+    # in-toto's Layout, Step and Inspection as their to_dict() writes them (a test holds this
+    # to in-toto's own classes); the rules above are made here, of constant patterns and
+    # escaped names
+    signed = {
+        "_type": "layout",
+        "expires": _rfc3339(expires),
+        "inspect": [{
+            "_type": "inspection",
             # Recorded before (materials) and after (products) the command: check both.
-            expected_materials=inspection_rules,
-            expected_products=[list(rule) for rule in inspection_rules],
-        )
-        layout = Layout(
-            steps=[step],
-            inspect=[inspection],
-            keys={builder_key["keyid"]: builder_key},
-            expires=_rfc3339(expires),
-            readme=readme,
-        )
-        metablock = Metablock(signed=layout)
-        metablock.create_signature(signer)
-    except ValidationError:
-        raise
-    except Exception as exc:  # in-toto's FormatError and friends
-        raise ValidationError(f"cannot make the in-toto layout: {exc}") from exc
-    return _dumps(metablock.to_dict())
+            "expected_materials": inspection_rules,
+            "expected_products": [list(rule) for rule in inspection_rules],
+            "name": INSPECTION,
+            "run": list(INSPECTION_RUN),
+        }],
+        "keys": {builder_key["keyid"]: builder_key},
+        "readme": readme,
+        "steps": [{
+            "_type": "step",
+            "expected_command": list(expected_command),
+            "expected_materials": materials,
+            "expected_products": products,
+            "name": BUILD_STEP,
+            "pubkeys": [builder_key["keyid"]],
+            "threshold": 1,
+        }],
+    }
+    try:
+        signature = signer.sign(_canonical_bytes(signed))
+    except Exception as exc:
+        raise ValidationError(f"cannot sign the in-toto layout: {exc}") from exc
+    return _dumps({"signatures": [signature], "signed": signed})
 
 
 # -------------------------------------------------------------------------------------- link
@@ -394,7 +439,7 @@ def make_link(
         # held as a dict of dicts and then as a string as well
         # room is kept in front for the document's head, whose length is known (an Ed25519
         # signature is always 128 hex digits), so the link is never copied whole
-        dummy = {"keyid": signer.public_key.keyid, "sig": "0" * 128}
+        dummy = {"keyid": signer.keyid, "sig": "0" * 128}
         reserve = len(_dumps({"signatures": [dummy]})) - 2 + len(b',"signed":')
         signed_bytes = _canonical_link(command, step, (material_paths, materials, "material"),
                                        (product_paths, products, "product"), reserve=reserve)
@@ -413,12 +458,12 @@ def make_link(
         signature = signer.sign(memoryview(signed_bytes)[reserve:])  # bytes-like: no copy
     except Exception as exc:
         raise ValidationError(f"cannot sign the in-toto link: {exc}") from exc
-    name = f"{step}.{signer.public_key.keyid[:8]}.link"
+    name = f"{step}.{signer.keyid[:8]}.link"
     # _dumps of {"signatures": [...], "signed": signed}: sorted keys put "signatures" first, and
     # the signed part is its canonical bytes (no control characters: identical to json.dumps)
-    head = _dumps({"signatures": [signature.to_dict()]})[:-2]  # without the closing "}\n"
+    head = _dumps({"signatures": [signature]})[:-2]  # without the closing "}\n"
     if not plain:
-        return name, _dumps({"signatures": [signature.to_dict()],
+        return name, _dumps({"signatures": [signature],
                              "signed": json.loads(signed_bytes)})
     assert isinstance(signed_bytes, bytearray)
     # the document's head into the room kept for it (in place when the length is as expected;
