@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import jinja2
@@ -181,6 +182,13 @@ def _is_stamp(value: object) -> bool:
                              and all(type(v) is int for v in value))
 
 
+_PLAIN = re.compile(r"[a-z0-9._-]*")  # what canonical project names and hex digests hold
+
+
+def _stamp_json(stamp: Stamp) -> str:
+    return "null" if stamp is None else f"[{','.join(str(int(v)) for v in stamp)}]"
+
+
 class KnownWriter:
     """This build's record of its pages, written to a temporary file as the page batches come
     in (50,000 projects held until the end cost ~30 MB at the build's peak), and put in place
@@ -194,9 +202,14 @@ class KnownWriter:
         self._first = True
 
     def add(self, name: str, known: Known) -> None:
-        self._fh.write(f'{"" if self._first else ","}{self._dumps(name)}:'
-                       f'{self._dumps(list(known))}')
+        sep = "" if self._first else ","
         self._first = False
+        key, hs, hh, js, jh, h_stamp, j_stamp = known
+        if _PLAIN.fullmatch(f"{name}{key}{hh}{jh}"):  # as the encoder writes them
+            self._fh.write(f'{sep}"{name}":["{key}",{int(hs)},"{hh}",{int(js)},"{jh}",'
+                           f'{_stamp_json(h_stamp)},{_stamp_json(j_stamp)}]')
+        else:
+            self._fh.write(f"{sep}{self._dumps(name)}:{self._dumps(list(known))}")
 
     def land(self, state: Path) -> None:
         self._fh.write("}}")

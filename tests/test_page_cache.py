@@ -163,3 +163,22 @@ def test_a_page_is_read_once_then_known_by_its_stamp_and_any_write_shows(
     rb.build(src, out, DEMO_KEYS, Config())
     assert reads == [str(page)] and rendered == [projects[0]]
     assert simple_pages(out) == good
+
+
+def test_the_record_is_the_json_of_what_was_added(tmp_path: Path) -> None:
+    """Plain entries are written directly, others through the encoder: the same JSON, and
+    load_known reads back exactly what was added."""
+    renderer = "r" * 64
+    entries: dict[str, pyrepo.Known] = {
+        "rbdemo-lib": ("a" * 64, 10, "b" * 64, 20, "c" * 64, [1, 2, 3, 4], [5, 6, 7, 8]),
+        "new.project_2": ("d" * 64, 0, "e" * 64, 1, "f" * 64, None, None),
+        'odd "Ünï"': ("1" * 64, 3, "2" * 64, 4, "3" * 64, None, [9, 10, 11, 12]),
+    }
+    writer = pyrepo.KnownWriter(tmp_path / "record.tmp", renderer)
+    for name, known in entries.items():
+        writer.add(name, known)
+    writer.land(tmp_path)
+    doc = json.loads((tmp_path / pyrepo.PAGES_FILE).read_bytes())
+    assert doc == {"format": 2, "renderer": renderer,
+                   "projects": {n: list(k) for n, k in entries.items()}}
+    assert pyrepo.load_known(tmp_path, renderer) == entries
