@@ -90,6 +90,20 @@ def _interop_key(name: str) -> Path:
 # --- cosign key files -------------------------------------------------------------------------
 
 
+def test_keys_use_the_scrypt_cost_cosign_writes() -> None:
+    """The demo key and new keys are unlocked at every build: they use cosign's own cost,
+    not more (the keys cosign wrote, where ../shared/ is present, say which)."""
+    from tests.clients import DEMO_KEYS
+
+    demo = json.loads(_pem_json((DEMO_KEYS / "cosign.key").read_bytes())[1])
+    new = json.loads(_pem_json(generate_cosign_keypair(b"")[0])[1])
+    assert demo["kdf"]["params"] == new["kdf"]["params"] == {"N": 32768, "r": 8, "p": 1}
+    if not COSIGN_GO.is_dir():
+        pytest.skip("../shared/fixtures/interop is absent: no key written by cosign to compare")
+    for path in sorted(COSIGN_GO.glob("*.key")):
+        assert json.loads(_pem_json(path.read_bytes())[1])["kdf"]["params"] == new["kdf"]["params"]
+
+
 def test_generated_key_has_cosign_layout() -> None:
     priv, pub = generate_cosign_keypair(b"s3cret")
     label, body = _pem_json(priv)
@@ -99,7 +113,7 @@ def test_generated_key_has_cosign_layout() -> None:
     assert body == json.dumps(envelope, separators=(",", ":")).encode()
     assert list(envelope) == ["kdf", "cipher", "ciphertext"]
     assert envelope["kdf"]["name"] == "scrypt"
-    assert envelope["kdf"]["params"] == {"N": 65536, "r": 8, "p": 1}
+    assert envelope["kdf"]["params"] == {"N": 32768, "r": 8, "p": 1}  # as cosign writes it
     assert list(envelope["kdf"]["params"]) == ["N", "r", "p"]
     assert len(base64.b64decode(envelope["kdf"]["salt"])) == 32
     assert envelope["cipher"]["name"] == "nacl/secretbox"
