@@ -43,8 +43,32 @@ def packages_stanza(art: Artifact) -> str:
     return "\n".join(out) + "\n"
 
 
+def sorted_debs(arts: Iterable[Artifact]) -> list[Artifact]:
+    """``sorted(arts, key=deb_sort_key)``, with the Debian versions parsed only where two
+    packages share a name (parsing all of them was most of rendering a Packages file)."""
+    by_name = sorted(arts, key=_package)
+    out: list[Artifact] = []
+    start = 0
+    while start < len(by_name):
+        end = start + 1
+        name = _package(by_name[start])
+        while end < len(by_name) and _package(by_name[end]) == name:
+            end += 1
+        if end - start == 1:
+            out.append(by_name[start])
+        else:
+            out.extend(sorted(by_name[start:end], key=deb_sort_key))
+        start = end
+    return out
+
+
+def _package(art: Artifact) -> str:
+    assert art.deb is not None
+    return art.deb.package
+
+
 def render_packages(arts: Iterable[Artifact]) -> bytes:
-    stanzas = [packages_stanza(a) for a in sorted(arts, key=deb_sort_key)]
+    stanzas = [packages_stanza(a) for a in sorted_debs(arts)]
     return "\n".join(stanzas).encode("utf-8")
 
 
