@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import quote
 
 from packaging.utils import canonicalize_name
@@ -16,8 +16,7 @@ from repobuild.templating import render
 API_VERSION = "1.1"
 
 
-@dataclass(frozen=True)
-class SimpleFile:
+class SimpleFile(NamedTuple):  # made 10,000 at a time, and sent to the workers: a tuple
     filename: str
     url: str  # relative to the project page
     sha256: str
@@ -51,8 +50,10 @@ def project_files(arts: Iterable[Artifact]) -> dict[str, list[SimpleFile]]:
                 version=art.dist.version,
             ),
         )
+    # one file needs no order (parsing 5,000 versions cost more than the rest)
     return {
         name: sorted(files.values(), key=lambda f: (Version(f.version), f.filename))
+        if len(files) > 1 else list(files.values())
         for name, files in sorted(projects.items())
     }
 
