@@ -32,14 +32,14 @@ from repobuild.templating import template_path
 
 Project = tuple[str, list[SimpleFile]]
 #: a page's stamp when it was last hashed: [size, mtime_ns, ctime_ns, inode], or None
-Stamp = list[int] | None
+PageStamp = list[int] | None
 #: a project's pages as rendered: (key, html size, html sha256, json size, json sha256, html
 #: stamp, json stamp)
-Known = tuple[str, int, str, int, str, Stamp, Stamp]
+Known = tuple[str, int, str, int, str, PageStamp, PageStamp]
 #: a project's pages as staged: (name, key, html size, html sha256, where the html page was
 #: staged (see repobuild.store.write_aside), json size, json sha256, where the json was staged,
 #: html stamp, json stamp)
-PageRow = tuple[str, str, int, str, str | None, int, str, str | None, Stamp, Stamp]
+PageRow = tuple[str, str, int, str, str | None, int, str, str | None, PageStamp, PageStamp]
 PAGES_FILE = "pages.json"
 _FORMAT = 2  # 1 had no stamps
 
@@ -77,7 +77,7 @@ def stage_project_pages(
     the build to take them."""
     known = _known(known_in, renderer) if known_in and renderer else None
     pages: list[tuple[str, bytes | bytearray]] = []
-    rows: list[tuple[str, str, int, str, int, str, Stamp, Stamp]] = []
+    rows: list[tuple[str, str, int, str, int, str, PageStamp, PageStamp]] = []
     for name, files in projects:
         key = project_key(renderer, name, files) if renderer else ""
         html_rel, json_rel = page_paths(name)
@@ -111,7 +111,7 @@ def page_paths(name: str) -> tuple[str, str]:
     return f"simple/{name}/index.html", f"simple/{name}/index.json"
 
 
-def _holds(path: str, size: int, sha256: str, stamp: Stamp) -> list[int] | None:
+def _holds(path: str, size: int, sha256: str, stamp: PageStamp) -> list[int] | None:
     """The page's stamp if ``path`` holds ``size`` bytes with this SHA-256: known from the
     recorded stamp when the page still has it, else read and hashed; None if it does not."""
     try:
@@ -185,7 +185,7 @@ def _is_stamp(value: object) -> bool:
 _PLAIN = re.compile(r"[a-z0-9._-]*")  # what canonical project names and hex digests hold
 
 
-def _stamp_json(stamp: Stamp) -> str:
+def _stamp_json(stamp: PageStamp) -> str:
     return "null" if stamp is None else f"[{','.join(str(int(v)) for v in stamp)}]"
 
 
