@@ -16,6 +16,18 @@ import gc
 GC_THRESHOLD = (100_000, 50, 100)
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's mallopt options
+
+
+def mallopt(option: int, value: int) -> None:
+    """glibc's ``mallopt`` for this process; a no-op where glibc is not the libc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(option, value)
+    except (OSError, AttributeError):
+        pass
+
+
 def one_malloc_arena() -> None:
     """Have glibc's malloc serve every thread of this process from the main arena.
 
@@ -23,11 +35,7 @@ def one_malloc_arena() -> None:
     arena of their own, whose freed memory the main thread cannot reuse: at 100,000 artifacts
     a rebuild peaked at ~486 MB with them and at ~464 MB without (MALLOC_ARENA_MAX=1), and
     ran no slower. Call it before any thread starts; a no-op where glibc is not the libc."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-8, 1)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
+    mallopt(M_ARENA_MAX, 1)
 
 
 def fewer_collections() -> None:

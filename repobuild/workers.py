@@ -19,6 +19,8 @@ import signal
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
+from repobuild.process import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, mallopt
+
 #: fewer files than this are read in the build's own process: forking costs more than it saves
 MIN_FILES = 64
 ENV = "REPOBUILD_WORKERS"  # a number of worker processes; 0 reads in-process
@@ -41,12 +43,8 @@ def _keep_freed_memory() -> None:
     zip's tail (read into new memory, 256 KiB at a time, see repobuild.ingest) and a wheel's
     METADATA get a fresh mmap from glibc by default when 128 KB or more, whose page faults and
     zeroing cost ~0.1 ms per file, a tenth of hashing a 500 KB file."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD: keep up to 64 MB of freed heap
-        libc.mallopt(-3, 8 << 20)  # M_MMAP_THRESHOLD: blocks up to 8 MB from the heap
-    except (OSError, AttributeError):
-        pass
+    mallopt(M_TRIM_THRESHOLD, 64 << 20)  # keep up to 64 MB of freed heap
+    mallopt(M_MMAP_THRESHOLD, 8 << 20)  # blocks up to 8 MB from the heap
 
 
 def _ready() -> int:
