@@ -8,6 +8,7 @@ import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import groupby
 
 from debian.debian_support import Version
 
@@ -46,19 +47,10 @@ def packages_stanza(art: Artifact) -> str:
 def sorted_debs(arts: Iterable[Artifact]) -> list[Artifact]:
     """``sorted(arts, key=deb_sort_key)``, with the Debian versions parsed only where two
     packages share a name (parsing all of them was most of rendering a Packages file)."""
-    by_name = sorted(arts, key=_package)
     out: list[Artifact] = []
-    start = 0
-    while start < len(by_name):
-        end = start + 1
-        name = _package(by_name[start])
-        while end < len(by_name) and _package(by_name[end]) == name:
-            end += 1
-        if end - start == 1:
-            out.append(by_name[start])
-        else:
-            out.extend(sorted(by_name[start:end], key=deb_sort_key))
-        start = end
+    for _name, group in groupby(sorted(arts, key=_package), key=_package):
+        same = list(group)
+        out.extend(same if len(same) == 1 else sorted(same, key=deb_sort_key))
     return out
 
 
