@@ -8,12 +8,14 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TextIO, TypeVar
 
 import typer
-from rich.console import Console
 
 from repobuild.errors import RepobuildError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(
     add_completion=False,
@@ -24,13 +26,59 @@ app = typer.Typer(
 keys_app = typer.Typer(no_args_is_help=True, help="Create signing keys.")
 app.add_typer(keys_app, name="keys")
 
-err = Console(stderr=True)
-out = Console()
+
+
+class _LazyConsole:
+    """A rich Console made when first used: importing rich costs ~17 ms at every start, and a
+    build that is not on a terminal prints only plain lines (:meth:`plain`)."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def _stream(self) -> TextIO:
+        return sys.stderr if self._stderr else sys.stdout
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=self._stderr)
+        return self._console
+
+    @property
+    def is_terminal(self) -> bool:
+        """rich's answer; asked of rich only where it could differ from ``isatty`` (a variable
+        that forces a terminal, as rich reads them)."""
+        if self._console is None and not any(
+                os.environ.get(v) for v in ("FORCE_COLOR", "FORCE_TERMINAL", "TTY_COMPATIBLE",
+                                             "TTY_INTERACTIVE")):
+            try:
+                return self._stream().isatty()
+            except (AttributeError, ValueError):
+                return False
+        return self.console.is_terminal
+
+    def plain(self, text: str) -> None:
+        """A line without markup: as is when not on a terminal (rich would wrap it at 80)."""
+        if self.is_terminal:
+            self.console.print(text, markup=False, emoji=False, highlight=False,
+                               soft_wrap=True)
+        else:
+            print(text, file=self._stream())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console, name)
+
+
+err = _LazyConsole(stderr=True)
+out = _LazyConsole(stderr=False)
 T = TypeVar("T")
 
 
 def fail(exc: RepobuildError) -> None:
-    err.print(f"repobuild: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+    err.plain(f"repobuild: error: {exc}")
     raise typer.Exit(exc.exit_code)
 
 
@@ -64,7 +112,7 @@ def progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=err,
+        console=err.console,
         transient=True,
     ) as bar:
         task = bar.add_task(label, total=None)
@@ -140,7 +188,10 @@ def build(
                                       identity_token=identity_token, progress=bar))
     _DONE.append(True)  # the build is over: nothing is left for the interpreter to tidy
     for warning in result.warnings:
-        err.print(f"[bold red]WARNING:[/] {warning}", highlight=False)
+        if err.is_terminal:
+            err.print(f"[bold red]WARNING:[/] {warning}", highlight=False)
+        else:
+            err.plain(f"WARNING: {warning}")
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(result.by_kind.items())) or "no artifacts"
     line = (
         f"built version {result.version} in {out_dir}: {kinds}; "
@@ -160,7 +211,7 @@ def build(
     else:
         print(line)
     for problem in result.errors:
-        err.print(f"repobuild: error: {problem}", markup=False, highlight=False, soft_wrap=True)
+        err.plain(f"repobuild: error: {problem}")
     if result.errors:
         raise typer.Exit(1)
 
