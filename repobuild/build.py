@@ -102,18 +102,19 @@ def _previous(tree: OutTree, workers: Workers) -> Callable[[], manifest.Previous
                 tree.root,
             )
         return lambda: None
-    # Read from the summary the build that wrote the index saved beside it, if it is this
-    # index's, else from the index. Reading 100,000 entries peaks at ~3 × their final size: a
-    # large index is read by a worker process, which hands back only the summary (pickling it
-    # costs more than reading a small one here).
-    summary = str(tree.state / SUMMARY)
+    # From the summary the build that wrote the index saved beside it, if it is this index's
+    # (its stamp, as the build cache knows a file), else from the index itself. Reading
+    # 100,000 entries of the index peaks at ~3 × their final size: a large index is read by a
+    # worker process, which hands back only the summary.
+    saved = _saved_summary(tree, path)
+    if saved is not None:
+        return lambda: saved
     large = path.stat().st_size > PARSE_ASIDE_BYTES
-    job = (workers.submit(_read_previous, str(path), summary) if workers.count and large
-           else None)
+    job = workers.submit(_read_previous, str(path)) if workers.count and large else None
 
     def result() -> manifest.Previous | None:
         try:
-            return job.result() if job is not None else _read_previous(str(path), summary)
+            return job.result() if job is not None else _read_previous(str(path))
         except (ManifestError, OSError) as exc:
             raise ValidationError(
                 f"the existing index is unreadable ({exc}); not building over it", path
@@ -122,32 +123,46 @@ def _previous(tree: OutTree, workers: Workers) -> Callable[[], manifest.Previous
     return result
 
 
-SUMMARY = "previous.json"  # in OUT/.repobuild/: the summary of index.json, for the next build
+SUMMARY = "previous.bin"  # in OUT/.repobuild/: the summary of index.json, for the next build
+OLD_SUMMARIES = ("previous.json",)  # an earlier format's file, removed when one is saved
+
+
+def _index_key(index: Path) -> str:
+    """What identifies the index file a summary was saved for: its stamp. Replacing index.json
+    changes its inode, and any write to it its ctime (which no one can set back)."""
+    st = index.stat()
+    return f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}"
+
+
+def _saved_summary(tree: OutTree, index: Path) -> manifest.Previous | None:
+    try:
+        key = _index_key(index)
+        with open(tree.state / SUMMARY, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    return manifest.read_summary(data, key)
 
 
 def _save_summary(tree: OutTree, version: int, arts: list[Artifact],
-                  listed: dict[str, FileEntry], index_sha256: str) -> None:
-    """Saved after index.json is in place: a build killed in between leaves an older summary,
-    whose hash no longer matches, so the next build parses index.json instead."""
+                  listed: dict[str, FileEntry]) -> None:
+    """Saved after index.json is in place, under its stamp: a build killed in between leaves an
+    older summary, whose stamp no longer matches, so the next build reads index.json instead."""
     tmp = tree.temp_path()
     try:
-        with open(tmp, "w", encoding="ascii") as fh:
-            manifest.write_summary(fh.write, version, arts, listed, index_sha256)
+        key = _index_key(tree.path(INDEX))
+        with open(tmp, "wb") as fh:
+            manifest.write_summary(fh.write, version, arts, listed, key)
         os.replace(tmp, tree.state / SUMMARY)
+        for name in OLD_SUMMARIES:
+            (tree.state / name).unlink(missing_ok=True)
     except OSError:
-        tmp.unlink(missing_ok=True)  # only a cache: the next build parses index.json
+        tmp.unlink(missing_ok=True)  # only a cache: the next build reads index.json
 
 
-def _read_previous(index: str, summary: str) -> manifest.Previous:
-    """From the saved summary when it is this index's (its SHA-256), else from the index."""
+def _read_previous(index: str) -> manifest.Previous:
     with open(index, "rb") as fh:
-        data = fh.read()
-    try:
-        with open(summary, "rb") as fh:
-            saved = manifest.previous_from_json(fh.read(), hashlib.sha256(data).hexdigest())
-    except OSError:
-        saved = None
-    return saved if saved is not None else manifest.previous(data)
+        return manifest.previous(fh.read())
 
 
 def _ingest_all(
@@ -817,7 +832,7 @@ def build(
             tree.write(path, data)
         failed = False
         history()
-        _save_summary(tree, version, arts, listed, index_hash.hexdigest())
+        _save_summary(tree, version, arts, listed)
         for item in ingested:
             if item.stamp is not None:
                 cache.record(item.artifact, item.stamp, metadata_sizes.get(item.artifact.path))

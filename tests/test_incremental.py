@@ -440,16 +440,19 @@ def test_removed_file_is_retired_then_collected_by_gc(src: Path, tmp_path: Path)
 def test_saved_summary_is_the_index_summary_and_a_stale_or_broken_one_is_ignored(
         src: Path, tmp_path: Path) -> None:
     """A build saves the summary of its index.json (what the next build needs of it) in
-    .repobuild/previous.json, keyed by the index's hash; the next build uses it instead of
+    .repobuild/previous.bin, keyed by the index's stamp; the next build uses it instead of
     parsing the index, and parses the index when the summary is not this index's."""
     from repobuild.formats import manifest
 
     out = tmp_path / "out"
-    saved = out / ".repobuild" / "previous.json"
+    saved = out / ".repobuild" / "previous.bin"
 
     def summary_is_the_index_summary() -> manifest.Previous:
-        data = (out / "index.json").read_bytes()
-        summary = manifest.previous_from_json(saved.read_bytes(), sha256(data))
+        index = out / "index.json"
+        data = index.read_bytes()
+        st = index.stat()
+        key = f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}"
+        summary = manifest.read_summary(saved.read_bytes(), key)
         assert summary is not None
         assert summary == manifest.previous(data)
         return summary
@@ -467,7 +470,7 @@ def test_saved_summary_is_the_index_summary_and_a_stale_or_broken_one_is_ignored
     retired = {p: f["retired"] for p, f in third["files"].items() if f.get("retired")}
     assert retired == {p: f["retired"] for p, f in second["files"].items() if f.get("retired")}
 
-    for bad in (stale, b"{not json", b'{"format":1}'):
+    for bad in (stale, b"{not json", b'{"format":1}', stale[:len(stale) // 2]):
         saved.write_bytes(bad)  # the second build's summary, or garbage: not this index's
         before = index_of(out)
         again = build(src, out)
@@ -477,4 +480,31 @@ def test_saved_summary_is_the_index_summary_and_a_stale_or_broken_one_is_ignored
         assert [(a["path"], a["uploaded"]) for a in again["artifacts"]] == [
             (a["path"], a["uploaded"]) for a in before["artifacts"]]
         summary_is_the_index_summary()
+    verify_ok(out)
+
+
+def test_the_summary_spares_reading_the_index_until_the_index_is_touched(
+        src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The saved summary is used while index.json is the file it was saved for (its stamp);
+    once anything writes to index.json, the index itself is read."""
+    from repobuild.formats import manifest
+
+    out = tmp_path / "out"
+    rb.build(src, out, DEMO_KEYS, Config())
+    parsed: list[int] = []
+    real = manifest.previous
+
+    def counted(data: bytes) -> manifest.Previous:
+        parsed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(manifest, "previous", counted)
+    second = rb.build(src, out, DEMO_KEYS, Config())
+    assert parsed == []
+    index = out / "index.json"
+    size = index.stat().st_size
+    index.write_bytes(index.read_bytes())  # the same bytes: a new ctime
+    third = rb.build(src, out, DEMO_KEYS, Config())
+    assert parsed == [size]  # the small index is read in this process
+    assert third.version == second.version + 1
     verify_ok(out)

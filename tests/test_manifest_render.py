@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime
+from unittest.mock import patch
 
 from repobuild.formats import manifest
 from repobuild.formats.deb import DebInfo
@@ -72,8 +73,8 @@ def test_streamed_index_is_the_canonical_json_of_the_whole() -> None:
 
 
 def test_summary_is_the_previous_of_the_index_whatever_the_strings_hold() -> None:
-    """The summary (written string by string, escaped only where needed) is ASCII JSON and says
-    what manifest.previous says of the index rendered from the same data."""
+    """The summary (marshal frames) says what manifest.previous says of the index rendered from
+    the same data, whatever its strings hold, and only under the key it was saved with."""
     arts = [a for a in _artifacts() if "\\" not in a.path]
     for a in arts:
         a.uploaded = f"2026-11-27T00:00:0{len(a.path) % 10}Z"
@@ -86,9 +87,16 @@ def test_summary_is_the_previous_of_the_index_whatever_the_strings_hold() -> Non
     when = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
     index = manifest.render(version=7, generated=when, expires=when, artifacts=arts,
                             files=files, meta={})
-    pieces: list[str] = []
-    manifest.write_summary(pieces.append, 7, arts, files, _sha("index"))
-    text = "".join(pieces)
-    assert text.isascii()
-    assert json.loads(text)["uploaded"][arts[1].sha256] == 'odd "ü"\t\\ time'
-    assert manifest.previous_from_json(text.encode(), _sha("index")) == manifest.previous(index)
+    pieces: list[bytes] = []
+    with patch.object(manifest, "_FRAME_ENTRIES", 2):  # several frames of each kind
+        manifest.write_summary(pieces.append, 7, arts, files, "12 34 56 78")
+    data = b"".join(pieces)
+    summary = manifest.read_summary(data, "12 34 56 78")
+    assert summary is not None
+    assert summary.uploaded[arts[1].sha256] == 'odd "ü"\t\\ time'
+    assert summary == manifest.previous(index)
+    assert len(summary.kept_files) > 4
+    assert manifest.read_summary(data, "12 34 56 79") is None  # another index's
+    for bad in (data[:-3], data[:40], b"", b"{}", data.replace(b"summary\n2", b"summary\n1"),
+                data[:60] + bytes(len(data) - 60)):
+        assert manifest.read_summary(bad, "12 34 56 78") is None

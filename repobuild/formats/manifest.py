@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import marshal
 import re
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -302,59 +304,75 @@ class Previous:
     kept_files: dict[str, FileEntry]
 
 
-def write_summary(write: Callable[[str], object], version: int, artifacts: list[Artifact],
-                  files: dict[str, FileEntry], index_sha256: str) -> None:
+#: the summary's format: a header line, then marshal frames (see :func:`write_summary`)
+_SUMMARY_MAGIC = b"repobuild-summary\n2 %d\n" % marshal.version
+_FRAME = struct.Struct("<I")  # the length of the marshal data that follows
+_FRAME_ENTRIES = 4096
+
+
+def write_summary(write: Callable[[bytes], object], version: int, artifacts: list[Artifact],
+                  files: dict[str, FileEntry], key: str) -> None:
     """The :class:`Previous` of the index that :func:`render_to` writes from the same data (what
-    :func:`previous` gives for it), as JSON keyed by the index's hash, to be saved beside it in
-    OUT/.repobuild/. Written entry by entry, never held (150,000 entries at 100,000
-    artifacts)."""
-    enc = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
-    write(f'{{"format":1,"index_sha256":{enc(index_sha256)},"version":{int(version)},')
-    write('"uploaded":{')
-    for n, a in enumerate(artifacts):
-        write(f'{"," if n else ""}{_ascii(a.sha256, enc)}:{_ascii(a.uploaded, enc)}')
-    write('},"kept":{')
-    sep = ""
-    for path, f in files.items():
-        if path.startswith("blobs/") or "/by-hash/" in path:
-            retired = "null" if f.retired is None else _ascii(f.retired, enc)
-            write(f"{sep}{_ascii(path, enc)}:[{int(f.size)},{_ascii(f.sha256, enc)},{retired}]")
-            sep = ","
-    # Files listed under "files" win over the artifacts' entries, as in previous(). Two files
-    # with the same bytes and name share a blob and write the same entry twice (JSON keeps
-    # one); a set of 100,000 paths to avoid that would cost more memory than it is worth.
-    for a in artifacts:
-        blob = a.blob
-        if blob not in files:
-            write(f"{sep}{_ascii(blob, enc)}:[{int(a.size)},{_ascii(a.sha256, enc)},null]")
-            sep = ","
-        meta = blob + ".metadata"
-        if a.metadata_sha256 and meta not in files:
-            write(f"{sep}{_ascii(meta, enc)}:[-1,{_ascii(a.metadata_sha256, enc)},null]")
-            sep = ","
-    write("}}")
+    :func:`previous` gives for it), to be saved beside it in OUT/.repobuild/ under ``key`` (what
+    identifies that index file). Local state, written and read by this tool only: ``marshal``
+    frames of a few thousand entries, never the whole at once (150,000 entries at 100,000
+    artifacts); it loads in a fifth of the time of the same as JSON."""
+    def frame(obj: tuple[Any, ...]) -> None:
+        data = marshal.dumps(obj, 4)
+        write(_FRAME.pack(len(data)))
+        write(data)
+
+    write(_SUMMARY_MAGIC)
+    frame((key, int(version)))
+    for start in range(0, len(artifacts), _FRAME_ENTRIES):
+        frame(("u", [(a.sha256, a.uploaded) for a in artifacts[start:start + _FRAME_ENTRIES]]))
+    kept = [(path, f.size, f.sha256, f.retired) for path, f in files.items()
+            if path.startswith("blobs/") or "/by-hash/" in path]
+    # Files listed under "files" win over the artifacts' entries, as in previous(); an entry
+    # read later replaces one read earlier, so the artifacts' entries go first.
+    for start in range(0, len(artifacts), _FRAME_ENTRIES):
+        own: list[tuple[str, int, str, None]] = []
+        for a in artifacts[start:start + _FRAME_ENTRIES]:
+            blob = a.blob
+            own.append((blob, a.size, a.sha256, None))
+            if a.metadata_sha256:
+                own.append((blob + ".metadata", -1, a.metadata_sha256, None))
+        frame(("k", own))
+    for start in range(0, len(kept), _FRAME_ENTRIES):
+        frame(("k", kept[start:start + _FRAME_ENTRIES]))
 
 
-def _ascii(text: str, enc: Callable[[object], str]) -> str:
-    """A JSON string as ``enc`` (ASCII-only) writes it: as it is when nothing needs escaping."""
-    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
-        return f'"{text}"'
-    return enc(text)
-
-
-def previous_from_json(data: bytes, index_sha256: str) -> Previous | None:
-    """The saved summary, when it is one of the index with this hash; else None."""
+def read_summary(data: bytes, key: str) -> Previous | None:
+    """The saved summary, when it is one saved under this ``key``; else None (then the index
+    itself is read: :func:`previous`)."""
+    if not data.startswith(_SUMMARY_MAGIC):
+        return None
+    view = memoryview(data)
+    at = len(_SUMMARY_MAGIC)
     try:
-        doc = json.loads(data)
-        if doc.get("format") != 1 or doc.get("index_sha256") != index_sha256:
+        frames = []
+        while at < len(data):
+            (size,) = _FRAME.unpack_from(data, at)
+            at += _FRAME.size
+            if at + size > len(data):
+                return None
+            frames.append(marshal.loads(view[at:at + size]))
+            at += size
+        head = frames[0]
+        if type(head) is not tuple or head[0] != key:
             return None
-        kept = {p: FileEntry(int(f[0]), str(f[1]), f[2] if isinstance(f[2], str) else None)
-                for p, f in doc["kept"].items()}
-        uploaded = doc["uploaded"]
-        if not isinstance(uploaded, dict):
-            return None
-        return Previous(_int(doc.get("version"), "version"), uploaded, kept)
-    except (ValueError, AttributeError, TypeError, KeyError, IndexError, ManifestError):
+        uploaded: dict[str, str] = {}
+        kept: dict[str, FileEntry] = {}
+        for kind, items in frames[1:]:
+            if kind == "u":
+                uploaded.update(items)
+            elif kind == "k":
+                kept.update((path, FileEntry(size, sha256, retired))
+                            for path, size, sha256, retired in items)
+            else:
+                return None
+        return Previous(_int(head[1], "version"), uploaded, kept)
+    except (ValueError, EOFError, TypeError, IndexError, struct.error, ManifestError):
         return None
 
 
