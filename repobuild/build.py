@@ -329,7 +329,7 @@ def _describe(art: Artifact, config: Config, first_seen: dict[str, str] | None,
         art.yanked = config.yank_reason(art.path)
 
 
-PageJob = Callable[[], list[PageRow]]
+PageJob = Callable[[], tuple[str, list[PageRow]]]
 
 
 def _stage_pages(
@@ -751,17 +751,21 @@ def build(
             stage(path, data, mutable if "/binary-" in path else tops)
         del apt
         page_record = KnownWriter(tree.temp_path(), renderer)
+        # a page OUT holds already (staged nowhere) is only listed: nothing is to land
+        into_folder = tree.has_stage_folder("simple")
         for job in page_jobs:
-            for (name, key, html_size, html_sha, html_at, js_size, js_sha, js_at, html_stamp,
-                 js_stamp) in job():
-                page_record.add(name, (key, html_size, html_sha, js_size, js_sha, html_stamp,
-                                       js_stamp))
+            record, rows = job()
+            page_record.add_entries(record)
+            for name, html_size, html_sha, html_at, js_size, js_sha, js_at in rows:
                 html_path, json_path = page_paths(name)
-                for path, size, digest, where in ((html_path, html_size, html_sha, html_at),
-                                                  (json_path, js_size, js_sha, js_at)):
-                    tree.adopt(path, where)
-                    current[path] = FileEntry(size, digest)
-                    mutable.append(path)
+                current[html_path] = FileEntry(html_size, html_sha)
+                current[json_path] = FileEntry(js_size, js_sha)
+                if html_at is not None or into_folder:
+                    tree.adopt(html_path, html_at)
+                    mutable.append(html_path)
+                if js_at is not None or into_folder:
+                    tree.adopt(json_path, js_at)
+                    mutable.append(json_path)
         del page_jobs
         stage("_headers", render_headers_file(), mutable)
         stage("nginx-repobuild.conf", render_nginx_snippet(), mutable)

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import jinja2
@@ -36,10 +37,10 @@ PageStamp = list[int] | None
 #: a project's pages as rendered: (key, html size, html sha256, json size, json sha256, html
 #: stamp, json stamp)
 Known = tuple[str, int, str, int, str, PageStamp, PageStamp]
-#: a project's pages as staged: (name, key, html size, html sha256, where the html page was
-#: staged (see repobuild.store.write_aside), json size, json sha256, where the json was staged,
-#: html stamp, json stamp)
-PageRow = tuple[str, str, int, str, str | None, int, str, str | None, PageStamp, PageStamp]
+#: a project's pages as staged: (name, html size, html sha256, where the html page was staged
+#: (see repobuild.store.write_aside; None: OUT holds it already), json size, json sha256, where
+#: the json was staged)
+PageRow = tuple[str, int, str, str | None, int, str, str | None]
 PAGES_FILE = "pages.json"
 _FORMAT = 2  # 1 had no stamps
 
@@ -68,13 +69,13 @@ _KEY_JSON = json.JSONEncoder(separators=(",", ":")).encode
 
 def stage_project_pages(
     root: str, projects: list[Project], known_in: str | None = None, renderer: str = "",
-) -> list[PageRow]:
+) -> tuple[str, list[PageRow]]:
     """Render the pages of these projects and write them aside in OUT (run in a worker
     process, so that pages are rendered and written in parallel with the rest of a build).
     A project recorded in the state folder ``known_in`` (:func:`load_known`) under the same
-    key, whose pages in OUT are the ones recorded, is taken as it is. Returns one
-    :data:`PageRow` per project: one tuple, since the rows of every batch can wait at once for
-    the build to take them."""
+    key, whose pages in OUT are the ones recorded, is taken as it is. Returns these projects'
+    entries for the next record (:func:`record_entries`) and one :data:`PageRow` per project:
+    one tuple, since the rows of every batch can wait at once for the build to take them."""
     known = _known(known_in, renderer) if known_in and renderer else None
     pages: list[tuple[str, bytes | bytearray]] = []
     rows: list[tuple[str, str, int, str, int, str, PageStamp, PageStamp]] = []
@@ -99,11 +100,13 @@ def stage_project_pages(
     # None says the same as write_aside's: OUT holds these bytes already
     where = dict(write_aside(root, pages))
     out: list[PageRow] = []
-    for name, key, hs, hh, js, jh, html_stamp, json_stamp in rows:
-        html_rel, json_rel = page_paths(name)
-        out.append((name, key, hs, hh, where.get(html_rel), js, jh, where.get(json_rel),
-                    html_stamp, json_stamp))
-    return out
+    for name, _key, hs, hh, js, jh, _html_stamp, _json_stamp in rows:
+        if where:
+            html_rel, json_rel = page_paths(name)
+            out.append((name, hs, hh, where.get(html_rel), js, jh, where.get(json_rel)))
+        else:
+            out.append((name, hs, hh, None, js, jh, None))
+    return record_entries((row[0], row[1:]) for row in rows), out
 
 
 def page_paths(name: str) -> tuple[str, str]:
@@ -189,6 +192,22 @@ def _stamp_json(stamp: PageStamp) -> str:
     return "null" if stamp is None else f"[{','.join(str(int(v)) for v in stamp)}]"
 
 
+_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
+
+
+def record_entries(known: Iterable[tuple[str, Known]]) -> str:
+    """Projects' entries in the record (pages.json), as JSON writes them, comma-separated:
+    written by the workers, which have them at hand, not by the build's own process."""
+    out: list[str] = []
+    for name, (key, hs, hh, js, jh, h_stamp, j_stamp) in known:
+        if _PLAIN.fullmatch(f"{name}{key}{hh}{jh}"):  # as the encoder writes them
+            out.append(f'"{name}":["{key}",{int(hs)},"{hh}",{int(js)},"{jh}",'
+                       f'{_stamp_json(h_stamp)},{_stamp_json(j_stamp)}]')
+        else:
+            out.append(f"{_DUMPS(name)}:{_DUMPS([key, hs, hh, js, jh, h_stamp, j_stamp])}")
+    return ",".join(out)
+
+
 class KnownWriter:
     """This build's record of its pages, written to a temporary file as the page batches come
     in (50,000 projects held until the end cost ~30 MB at the build's peak), and put in place
@@ -196,20 +215,18 @@ class KnownWriter:
 
     def __init__(self, tmp: Path, renderer: str) -> None:
         self._tmp = tmp
-        self._dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True).encode
         self._fh = open(tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed by land/discard
-        self._fh.write(f'{{"format":{_FORMAT},"renderer":{self._dumps(renderer)},"projects":{{')
+        self._fh.write(f'{{"format":{_FORMAT},"renderer":{_DUMPS(renderer)},"projects":{{')
         self._first = True
 
     def add(self, name: str, known: Known) -> None:
-        sep = "" if self._first else ","
-        self._first = False
-        key, hs, hh, js, jh, h_stamp, j_stamp = known
-        if _PLAIN.fullmatch(f"{name}{key}{hh}{jh}"):  # as the encoder writes them
-            self._fh.write(f'{sep}"{name}":["{key}",{int(hs)},"{hh}",{int(js)},"{jh}",'
-                           f'{_stamp_json(h_stamp)},{_stamp_json(j_stamp)}]')
-        else:
-            self._fh.write(f"{sep}{self._dumps(name)}:{self._dumps(list(known))}")
+        self.add_entries(record_entries([(name, known)]))
+
+    def add_entries(self, entries: str) -> None:
+        """Entries as :func:`record_entries` writes them."""
+        if entries:
+            self._fh.write(entries if self._first else "," + entries)
+            self._first = False
 
     def land(self, state: Path) -> None:
         self._fh.write("}}")

@@ -137,6 +137,10 @@ class OutTree:
         self._folders[top] = str(root)
         return str(root)
 
+    def has_stage_folder(self, top: str) -> bool:
+        """Whether ``top`` is written in a folder of its own (:meth:`stage_folder`)."""
+        return top in self._folders
+
     def _folder_of(self, rel: str) -> str | None:
         top, sep, _rest = rel.partition("/")
         return self._folders.get(top) if sep else None
