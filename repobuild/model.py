@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: importing the parsers costs ~75 ms at start-up
@@ -26,10 +26,15 @@ class Artifact:
     uploaded: str = ""  # RFC 3339, when this content first entered the repository
     yanked: str | None = None
     metadata_sha256: str | None = None  # the PEP 658 .metadata file beside a wheel
+    # the blob path, made once: a build asks for it ~9 times per artifact
+    _blob: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._blob = blob_path(self.sha256, self.filename)
 
     @property
     def blob(self) -> str:
-        return blob_path(self.sha256, self.filename)
+        return self._blob
 
     @property
     def name(self) -> str | None:
