@@ -349,21 +349,23 @@ def read_summary(data: bytes, key: str) -> Previous | None:
         return None
     view = memoryview(data)
     at = len(_SUMMARY_MAGIC)
+    uploaded: dict[str, str] = {}
+    kept: dict[str, FileEntry] = {}
     try:
-        frames = []
-        while at < len(data):
-            (size,) = _FRAME.unpack_from(data, at)
+        head: Any = None
+        while at < len(data):  # frame by frame: never all of them and their entries at once
+            (length,) = _FRAME.unpack_from(data, at)
             at += _FRAME.size
-            if at + size > len(data):
+            if at + length > len(data):
                 return None
-            frames.append(marshal.loads(view[at:at + size]))
-            at += size
-        head = frames[0]
-        if type(head) is not tuple or head[0] != key:
-            return None
-        uploaded: dict[str, str] = {}
-        kept: dict[str, FileEntry] = {}
-        for kind, items in frames[1:]:
+            frame = marshal.loads(view[at:at + length])
+            at += length
+            if head is None:
+                head = frame
+                if type(head) is not tuple or head[0] != key:
+                    return None
+                continue
+            kind, items = frame
             if kind == "u":
                 uploaded.update(items)
             elif kind == "k":
@@ -371,6 +373,9 @@ def read_summary(data: bytes, key: str) -> Previous | None:
                             for path, size, sha256, retired in items)
             else:
                 return None
+            del frame, items
+        if head is None:
+            return None
         return Previous(_int(head[1], "version"), uploaded, kept)
     except (ValueError, EOFError, TypeError, IndexError, struct.error, ManifestError):
         return None
