@@ -58,11 +58,12 @@ from repobuild.pyrepo import (
 from repobuild.scan import SourceFile, scan_source
 from repobuild.signing.cosign import public_key_hint
 from repobuild.store import OutTree, survey
-from repobuild.templating import render_large
+from repobuild.templating import keep_compiled, render_large
 from repobuild.trust import KEYLESS_BUNDLE
 from repobuild.workers import Workers, worker_count
 
 INDEX = "index.json"
+TEMPLATES = "templates"  # in OUT/.repobuild/: compiled templates (repobuild.templating)
 BATCH_BYTES = 8 << 20  # work sent to a worker process at once
 BATCH_FILES = 64
 PAGE_BATCH = 256  # projects whose pages a worker renders at once
@@ -503,16 +504,15 @@ def _landing(
     now: datetime,
     expires: datetime,
     arts: list[Artifact],
+    projects: list[Project],
     components: tuple[str, ...],
 ) -> bytes:
+    """The landing page: how to use the repository, its keys, and what it holds (``projects``
+    as the simple index lists them, in name order)."""
     debs = sorted(
         (a for a in arts if a.deb),
         key=lambda a: (a.name or "", a.architecture or "", a.version or ""),
     )
-    projects: dict[str, set[str]] = {}
-    for a in arts:
-        if a.dist:
-            projects.setdefault(canonicalize_name(a.dist.name), set()).add(a.dist.version)
     key_rows = [{"kind": "OpenPGP", "id": keys.gpg.key_id, "href": "keys/public.asc"}]
     if keys.cosign_public:
         key_rows.append(
@@ -545,16 +545,21 @@ def _landing(
         # ~50 MB. Rows have attributes, not keys: jinja tries getattr first, and a dict's
         # failing getattr (an exception per field) was half the page's time
         debs=debs,
-        projects=_Rows(sorted(projects), lambda n: _ProjectRow(
-            n, sorted(projects[n], key=Version))),
+        projects=_Rows(projects, lambda p: _ProjectRow(p[0], ", ".join(_by_version({
+            f.version for f in p[1]})))),
         files=_Rows([a for a in arts if a.kind == "file"], lambda a: _FileRow(
             a.path, a.blob, a.size, a.sha256)),
     )
 
 
+def _by_version(versions: set[str]) -> list[str]:
+    """A project's versions in PEP 440 order (one needs no parsing: most projects have one)."""
+    return sorted(versions, key=Version) if len(versions) > 1 else list(versions)
+
+
 class _ProjectRow(NamedTuple):
     name: str
-    versions: list[str]
+    versions: str  # comma-separated, in PEP 440 order
 
 
 class _FileRow(NamedTuple):
@@ -646,6 +651,7 @@ def build(
     metadata_sizes: dict[str, int] = {}
     try:
         tree.open()
+        keep_compiled(str(tree.state / TEMPLATES))
         prev_job = _previous(tree, workers)
 
         phase("reading")
@@ -737,7 +743,7 @@ def build(
         stage("keys/repo.sources", _repo_sources(config, components, keys.gpg_public), mutable)
         stage("index.html", _landing(
             config=config, keys=keys, version=version, now=now, expires=expires,
-            arts=arts, components=components,
+            arts=arts, projects=projects, components=components,
         ), tops)
         root_html, root_json = render_root([name for name, _files in projects])
         stage("simple/index.html", root_html, tops)
@@ -864,6 +870,7 @@ def build(
         result.seconds = time.monotonic() - started
         return result
     finally:
+        keep_compiled(None)
         workers.close()
         if page_record is not None:
             page_record.discard()  # nothing left to drop once it has landed

@@ -29,3 +29,52 @@ def test_render_large_equals_render(monkeypatch: pytest.MonkeyPatch, template: s
     want = env.get_template("page.html").render(title="T&C", rows=rows, gap=gap).encode()
     assert templating.render_large("page.html", title="T&C", rows=rows, gap=gap) == want
     assert want.endswith(b"end\n")
+
+
+class _Row:
+    def __init__(self, **values: object) -> None:
+        self.__dict__.update(values)
+
+
+ROW = '    <tr><td><a href="simple/{name}/">{name}</a></td><td>{version} {{x}}</td></tr>'
+ODD = ["plain", "<b>&'\"", "tab\there", "nul\0inside", "ünï ☃", "", "None"]
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, templating._ROWS_AT_ONCE + 5])
+@pytest.mark.parametrize("markup", [False, True])
+def test_rows_filter_gives_what_the_loop_gives(monkeypatch: pytest.MonkeyPatch, count: int,
+                                               markup: bool) -> None:
+    """``{{ items|rows(row) }}`` is exactly the ``{% for %}`` loop over the same row, the same
+    values escaped (quotes, NUL, non-ASCII, ints, None, a Markup value left as it is), over
+    several batches of rows."""
+    from markupsafe import Markup
+
+    items = [
+        _Row(name=ODD[i % len(ODD)] + str(i),
+             version=(Markup("<i>ok</i>") if markup and i == count - 1
+                      else None if i % 5 == 1 else i if i % 5 == 2 else ODD[(i + 3) % len(ODD)]))
+        for i in range(count)
+    ]
+    loop = ROW.replace("{{x}}", "{{ '{x}' }}").replace("{name}", "{{ r.name }}").replace(
+        "{version}", "{{ r.version }}")
+    templates = {
+        "loop.html": "<table>\n{% for r in items %}\n" + loop + "\n{% endfor %}\n</table>\n",
+        "rows.html": "<table>\n{{ items|rows(row) }}\n</table>\n",
+    }
+    env = jinja2.Environment(loader=jinja2.DictLoader(templates), autoescape=True,
+                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    env.filters["rows"] = templating.rows
+    want = env.get_template("loop.html").render(items=items)
+    got = env.get_template("rows.html").render(items=items, row=ROW)
+    if count:
+        assert got == want
+    else:  # the page puts an empty table's rows under {% if %}: here one empty line
+        assert got == "<table>\n\n</table>\n"
+    assert "{x}" in want or not count
+
+
+def test_rows_filter_refuses_what_it_cannot_fill() -> None:
+    for row in ("<td>{0}</td>", "<td>{name!r}</td>", "<td>{size:>5}</td>", "<td></td>",
+                "<td>{a.b}</td>"):
+        with pytest.raises(ValueError, match="rows:"):
+            templating.rows([_Row(name="n", size=1)], row)
