@@ -13,6 +13,7 @@ from types import TracebackType
 import gnupg
 
 from repobuild.errors import UsageError, ValidationError
+from repobuild.formats.armor import ArmorError, unarmor
 
 
 def _short_home() -> Path:
@@ -63,12 +64,16 @@ class GpgSigner:
             raise UsageError(f"cannot read GPG secret key: {exc.strerror}", secret_asc) from None
         self._home = GpgHome(faked_time=faked_time)
         result = self._home.gpg.import_keys(data)
-        secrets = self._home.gpg.list_keys(secret=True)
-        if not result.fingerprints or not secrets:
+        # the primary fingerprint of the first secret key gpg took in (IMPORT_OK flag 16: "it
+        # contains a secret key"), as listing the secret keys would give, without one more gpg
+        secrets = [r["fingerprint"] for r in result.results
+                   if r.get("fingerprint") and int(r.get("ok") or 0) & 16]
+        if not secrets:
             self._home.close()
             raise UsageError("holds no usable OpenPGP secret key", secret_asc)
-        self.key_id = secrets[0]["fingerprint"]
+        self.key_id: str = secrets[0]
         self.source = secret_asc
+        self._public: bytes | None = None
 
     def _run(self, data: bytes, **kwargs: object) -> bytes:
         sig = self._home.gpg.sign(data, keyid=self.key_id, **kwargs)
@@ -93,8 +98,17 @@ class GpgSigner:
         return self._run(data, clearsign=True)
 
     def public_key(self, *, armor: bool) -> bytes:
-        out = self._home.gpg.export_keys(self.key_id, armor=armor)
-        return out.encode() if isinstance(out, str) else bytes(out)
+        """The public key, armored (exported once) or binary (taken out of the armor)."""
+        if self._public is None:
+            out = self._home.gpg.export_keys(self.key_id, armor=True)
+            self._public = out.encode() if isinstance(out, str) else bytes(out)
+        if armor:
+            return self._public
+        try:
+            return unarmor(self._public)
+        except ArmorError as exc:
+            raise ValidationError(f"gpg exported an unreadable public key: {exc}",
+                                  self.source) from None
 
     def close(self) -> None:
         self._home.close()
