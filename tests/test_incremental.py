@@ -291,10 +291,13 @@ def test_a_damaged_cache_costs_a_read_and_nothing_else(
     verify_ok(out)
 
 
+@pytest.mark.parametrize("workers", ["0", "2"], ids=["in-process", "worker-processes"])
 def test_blob_deleted_from_out_is_put_back_by_the_next_build(
-        src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str) -> None:
     """The cache vouches for a file without looking at OUT; a blob (or a wheel's .metadata)
-    deleted from OUT is found missing by the build's walk of OUT and read again."""
+    deleted from OUT is found missing by the build's walk of OUT (in a worker, with workers)
+    and read again."""
+    monkeypatch.setenv("REPOBUILD_WORKERS", workers)
     log = ReadLog(monkeypatch, tmp_path / "reads.log")
     out = tmp_path / "out"
     first = rb.build(src, out, DEMO_KEYS, Config())
@@ -315,6 +318,38 @@ def test_blob_deleted_from_out_is_put_back_by_the_next_build(
     log.clear()
     rb.build(src, out, DEMO_KEYS, Config())
     assert log.reads() == [], "the restored files are in the cache again"
+
+
+@pytest.mark.parametrize("workers", ["0", "2"], ids=["in-process", "worker-processes"])
+def test_a_rebuild_prunes_what_no_index_lists(
+        src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str) -> None:
+    """Files dropped into OUT by hand (among the blobs too) are removed by the next build; its
+    own blobs stay, new and old (a removed wheel's blob and .metadata, retired until gc)."""
+    monkeypatch.setenv("REPOBUILD_WORKERS", workers)
+    out = tmp_path / "out"
+    rb.build(src, out, DEMO_KEYS, Config())
+    whl = artifact(index_of(out), "python/rbdemo_lib-1.0.0-py3-none-any.whl")
+    strays = ["stray.txt", "simple/stray/index.html", "blobs/sha256/00/stray",
+              whl["blob"] + ".old", "dists/stray"]
+    for rel in strays:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text("not listed")
+    (src / "python/rbdemo_lib-1.0.0-py3-none-any.whl").unlink()
+    mr.make_deb(src / "debs", "rbdemo-new", "3.0-1", "amd64")
+    result = rb.build(src, out, DEMO_KEYS, Config())
+    assert result.removed >= len(strays)  # and what the index no longer lists
+    for rel in strays:
+        assert not (out / rel).exists(), rel
+    index = index_of(out)
+    for rel in (whl["blob"], whl["metadata"]["path"]):  # kept (retired) until gc
+        assert (out / rel).exists() and index["files"][rel]["retired"], rel
+    assert artifact(index, "debs/rbdemo-new_3.0-1_amd64.deb")
+    on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*")
+               if p.is_file() and ".repobuild" not in p.parts}
+    listed = {a["blob"] for a in index["artifacts"]} | set(index["files"])
+    assert on_disk - listed <= {"index.json", "index.json.asc", "index.json.sig",
+                                "index.json.sigstore.json"}
+    verify_ok(out)
 
 
 def _change_in_place(path: Path) -> tuple[str, str]:
