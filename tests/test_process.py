@@ -58,7 +58,7 @@ def test_threads_share_the_main_arena_after_one_malloc_arena() -> None:
     assert arenas("one") == 1
 
 
-def test_fewer_collections_sets_the_build_threshold() -> None:
+def test_fewer_collections_sets_the_build_threshold_and_freezes_what_exists() -> None:
     from repobuild import process
 
     before = gc.get_threshold()
@@ -66,8 +66,11 @@ def test_fewer_collections_sets_the_build_threshold() -> None:
         process.fewer_collections()
         assert gc.get_threshold() == process.GC_THRESHOLD
         assert process.GC_THRESHOLD[0] > 100 * before[0]
+        # what existed then is frozen (never traversed: the forked workers share its pages)
+        assert gc.get_freeze_count() > 1000
     finally:
         gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 def test_the_build_command_sets_both_before_building(monkeypatch: pytest.MonkeyPatch) -> None:
