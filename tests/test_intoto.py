@@ -320,6 +320,32 @@ def test_bad_entry_among_many_is_refused(keys: Keys, path: str, digest: str, mat
         intoto.make_link(keys.builder_key, materials={}, products=many, command=["x"])
 
 
+@pytest.mark.parametrize("where", ["materials", "products"])
+def test_a_control_character_among_many_gives_securesystemslib_canonical_json(
+        keys: Keys, where: str) -> None:
+    """OLPC canonical JSON writes control characters as they are (json.dumps escapes them):
+    one among thousands of entries sends the whole link to securesystemslib's encoder, and
+    the link verifies over the canonical bytes of its signed part. (A file name with a tab
+    used to fail the build here: the canonical bytes were parsed back strictly.)"""
+    from securesystemslib.formats import encode_canonical
+
+    many = _many(5000) | {"odd\x01name/x": "6" * 64, "tab\there": "7" * 64}
+    entries = {"materials": many, "products": {}} if where == "materials" else {
+        "materials": {}, "products": many}
+    _, link = intoto.make_link(keys.builder_key, command=["x"], **entries)
+    doc = json.loads(link)  # the file is JSON (in-toto writes it with json.dumps too)
+    want = {"_type": "link", "byproducts": {}, "command": ["x"], "environment": {},
+            "materials": {p: {"sha256": d} for p, d in entries["materials"].items()},
+            "name": "build",
+            "products": {p: {"sha256": d} for p, d in entries["products"].items()}}
+    assert doc["signed"] == want
+    canonical = str(encode_canonical(doc["signed"])).encode("utf-8")
+    assert b"odd\x01name" in canonical  # as it is, not escaped
+    public = serialization.load_pem_public_key(keys.builder_pub)
+    assert isinstance(public, Ed25519PublicKey)
+    public.verify(bytes.fromhex(doc["signatures"][0]["sig"]), canonical)
+
+
 # ------------------------------------- the same keyids, layouts and signatures as in-toto's own
 
 

@@ -465,7 +465,7 @@ def make_link(
     head = _dumps({"signatures": [signature]})[:-2]  # without the closing "}\n"
     if not plain:
         return name, _dumps({"signatures": [signature],
-                             "signed": json.loads(signed_bytes)})
+                             "signed": json.loads(signed_bytes, strict=False)})
     assert isinstance(signed_bytes, bytearray)
     # the document's head into the room kept for it (in place when the length is as expected;
     # a signer with another signature length costs one move of the buffer)
