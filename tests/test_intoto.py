@@ -279,6 +279,7 @@ def test_large_link_is_the_canonical_json_signed(keys: Keys) -> None:
         "docs/.hidden/x": "2" * 64,
         "simple/ünï/index.json": "3" * 64,
         "a b/c": "4" * 64,
+        ".well-known/x": "5" * 64,
     }
     materials = dict(list(_many(5000).items())[::-1])  # not given in order
     _, link = intoto.make_link(keys.builder_key, materials=materials, products=products,
@@ -304,9 +305,13 @@ def test_large_link_is_the_canonical_json_signed(keys: Keys) -> None:
         ("a/./b", "0" * 64, "relative"),
         ("a/..", "0" * 64, "relative"),
         ("a\\b", "0" * 64, "relative"),
+        ("/a", "0" * 64, "relative"),
+        (".", "0" * 64, "relative"),
         ("ok", "0" * 63, "sha256"),
         ("ok", "0" * 65, "sha256"),
         ("ok", "G" * 64, "sha256"),
+        ("ok", "A" * 64, "sha256"),
+        ("ok", "é" * 64, "sha256"),
     ],
 )
 def test_bad_entry_among_many_is_refused(keys: Keys, path: str, digest: str, match: str) -> None:

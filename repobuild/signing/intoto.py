@@ -497,11 +497,8 @@ def _canonical_link(
 
 
 _CHUNK = 4096  # entries checked and encoded at once
-# what a clean path never holds, joined between NULs: a backslash, an empty component, a
-# leading or trailing "/", a component starting with "." (clean, but left to the exact check),
-# and a quote (clean, but to be escaped)
-_UNCLEAN = ("\\", '"', "//", "\x00/", "/\x00", "\x00\x00", "/.", "\x00.")
-_LOWER_HEX = re.compile(r"[0-9a-f]*")
+_HEX_DIGITS = b"0123456789abcdef"
+_CONTROL_BYTES = bytes(range(32))  # what UTF-8 holds of the control characters U+0000-U+001F
 
 
 def _artifact_object(out: bytearray, paths: list[str], entries: Mapping[str, str],
@@ -534,19 +531,33 @@ def _artifact_object(out: bytearray, paths: list[str], entries: Mapping[str, str
 
 
 def _clean_chunk(paths: list[str], digests: list[str]) -> bool:
+    """Whether a chunk's entries can be written as they are. With its paths joined between
+    slashes (none holds a NUL), a path that is empty, starts or ends with "/" or has an empty
+    component shows as "//", and a component starting with "." (clean, but left to the exact
+    check) as "/."; a backslash (unclean) and a quote (to be escaped) need the exact path too.
+    Four scans of the joined paths, and the digests' characters deleted at once."""
     try:
         joined = "\x00" + "\x00".join(paths) + "\x00"
         hexes = "".join(digests)
     except TypeError:  # not all strings
         return False
-    return (joined.count("\x00") == len(paths) + 1
-            and not any(bad in joined for bad in _UNCLEAN)
-            and len(hexes) == 64 * len(paths) and all(len(d) == 64 for d in digests)
-            and _LOWER_HEX.fullmatch(hexes) is not None)
+    if joined.count("\x00") != len(paths) + 1:
+        return False
+    slashed = joined.replace("\x00", "/")
+    if "\\" in slashed or '"' in slashed or "//" in slashed or "/." in slashed:
+        return False
+    if len(hexes) != 64 * len(paths) or not all(len(d) == 64 for d in digests):
+        return False
+    return not hexes.encode("ascii", "replace").translate(None, _HEX_DIGITS)
+
+
+def _has_control(text: str) -> bool:
+    data = text.encode("utf-8", "surrogatepass")
+    return len(data.translate(None, _CONTROL_BYTES)) != len(data)
 
 
 def _any_control(paths: list[str]) -> bool:
-    return any(_CONTROL.search("".join(paths[i:i + _CHUNK])) for i in range(0, len(paths), _CHUNK))
+    return any(_has_control("".join(paths[i:i + _CHUNK])) for i in range(0, len(paths), _CHUNK))
 
 
 def _refuse_reserved(paths: list[str]) -> None:
