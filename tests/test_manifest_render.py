@@ -100,3 +100,33 @@ def test_summary_is_the_previous_of_the_index_whatever_the_strings_hold() -> Non
     for bad in (data[:-3], data[:40], b"", b"{}", data.replace(b"summary\n2", b"summary\n1"),
                 data[:60] + bytes(len(data) - 60)):
         assert manifest.read_summary(bad, "12 34 56 78") is None
+
+
+def test_many_entries_in_chunks_with_odd_ones_hidden_among_them() -> None:
+    """Entries are written and checked a chunk at a time: one that needs escaping, anywhere
+    among thousands, sends its chunk entry by entry, and the document is still exactly the
+    canonical JSON of the whole (more than one chunk of each, odd ones in several)."""
+    odd = _artifacts()
+    plain = [Artifact(f"debs/p{i:05d}_1.0_all.deb", f"p{i:05d}_1.0_all.deb", "deb", i,
+                      _sha(f"p{i}"), deb=DebInfo(f"p{i:05d}", "1.0", "all", "Package: p"),
+                      uploaded="2026-01-01T00:00:00Z") for i in range(5000)]
+    arts = plain[:100] + odd[:3] + plain[100:3000] + odd[3:] + plain[3000:]
+    files = {f"simple/p{i:05d}/index.html": FileEntry(i, _sha(f"f{i}")) for i in range(5000)}
+    files["simple/p00007/a\\b"] = FileEntry(1, _sha("bs"))
+    files["simple/p04000/\u2028"] = FileEntry(2, _sha("ls"))
+    files["simple/p02500/retired"] = FileEntry(3, _sha("rt"), retired="2026-01-01T00:00:00Z")
+    when = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
+    streamed = manifest.render(version=3, generated=when, expires=when, artifacts=arts,
+                               files=files, meta={})
+    whole = {
+        "type": manifest.MANIFEST_TYPE,
+        "spec_version": manifest.SPEC_VERSION,
+        "version": 3,
+        "generated": manifest.rfc3339(when),
+        "expires": manifest.rfc3339(when),
+        "artifacts": [manifest.artifact_entry(a) for a in sorted(arts, key=lambda a: a.path)],
+        "files": {p: manifest.file_entry(f) for p, f in files.items()},
+    }
+    assert streamed == json.dumps(whole, sort_keys=True, separators=(",", ":"),
+                                  ensure_ascii=False).encode()
+    assert len(arts) > 2 * manifest._CHUNK and len(files) > 2 * manifest._CHUNK

@@ -151,19 +151,23 @@ def render_to(
         buf += canonical(key)
         if key == "artifacts":
             buf += b":["
-            for i, art in enumerate(sorted(artifacts, key=_by_path)):
-                if i:
+            ordered = sorted(artifacts, key=_by_path)
+            for start in range(0, len(ordered), _CHUNK):
+                if start:
                     buf += b","
-                buf += _artifact_item(art).encode()
+                buf += _artifact_items(ordered[start:start + _CHUNK]).encode()
                 flush()
+            del ordered
             buf += b"]"
         elif key == "files":
             buf += b":{"
-            for i, path in enumerate(sorted(files)):
-                if i:
+            paths = sorted(files)
+            for start in range(0, len(paths), _CHUNK):
+                if start:
                     buf += b","
-                buf += _file_item(path, files[path])
+                buf += _file_items(paths[start:start + _CHUNK], files)
                 flush()
+            del paths
             buf += b"}"
         else:
             buf += b":"
@@ -172,12 +176,52 @@ def render_to(
     write(bytes(buf))
 
 
+_CHUNK = 2048  # entries written, then checked, at once
+
+
+def _artifact_items(arts: list[Artifact]) -> str:
+    """The entries of these artifacts, comma-separated, as :func:`_artifact_item` writes each:
+    written as they are and checked all at once (their quotes counted, backslashes and
+    characters to escape looked for, in the joined text); if the check fails, entry by entry."""
+    raws: list[str] = []
+    quotes = 0
+    for art in arts:
+        raw, count = _artifact_raw(art)
+        raws.append(raw)
+        quotes += count
+    text = ",".join(raws)
+    if text.count('"') == quotes and "\\" not in text and text.isprintable():
+        return text
+    return ",".join([_artifact_item(art) for art in arts])
+
+
+def _file_items(paths: list[str], files: dict[str, FileEntry]) -> bytes:
+    """The entries of these files (``"path":{...}``), comma-separated, checked at once as
+    :func:`_artifact_items` checks its own; a retired file's entry goes through the encoder."""
+    entries = [files[path] for path in paths]
+    if not any(entry.retired for entry in entries):
+        text = ",".join([f'"{path}":{{"sha256":"{entry.sha256}","size":{int(entry.size)}}}'
+                         for path, entry in zip(paths, entries, strict=True)])
+        if text.count('"') == 8 * len(paths) and "\\" not in text and text.isprintable():
+            return text.encode()
+    return b",".join([_file_item(path, entry) for path, entry in zip(paths, entries, strict=True)])
+
+
 def _artifact_item(art: Artifact) -> str:
     """``canonical(artifact_entry(art))``, written directly: the dict and the encoder cost 5 ×
     as much, and index.json is written at every build. The strings are put in as they are; if
     one needed escaping (a quote, a backslash, a control character: then the entry holds more
     quotes than its keys and values make, or one of the others), the entry is encoded instead.
     """
+    raw, quotes = _artifact_raw(art)
+    if raw.count('"') == quotes and "\\" not in raw and raw.isprintable():
+        return raw
+    return canonical(artifact_entry(art)).decode()
+
+
+def _artifact_raw(art: Artifact) -> tuple[str, int]:
+    """An artifact's entry with its strings put in as they are, and the number of quotes it
+    holds when none of them holds one."""
     deb, dist, blob = art.deb, art.dist, art.blob
     name = deb.package if deb is not None else dist.name if dist is not None else None
     quotes = 22  # blob, kind, path, sha256, uploaded: 4 each; size: 2
@@ -209,9 +253,7 @@ def _artifact_item(art: Artifact) -> str:
         f',"version":"{art.version}"' if name is not None else "",
         f',"yanked":"{art.yanked}"}}' if art.yanked is not None else "}",
     ))
-    if raw.count('"') == quotes and "\\" not in raw and raw.isprintable():
-        return raw
-    return canonical(artifact_entry(art)).decode()
+    return raw, quotes
 
 
 def _file_item(path: str, entry: FileEntry) -> bytes:
