@@ -27,7 +27,7 @@ from packaging.version import Version
 from repobuild.aptrepo import AptJob
 from repobuild.blockcache import FOLDER as BLOCKS
 from repobuild.blockcache import BlockCache
-from repobuild.cache import BuildCache, Stamp
+from repobuild.cache import BuildCache
 from repobuild.config import Config, build_time, source_date_epoch
 from repobuild.errors import RepobuildError, UsageError, ValidationError
 from repobuild.formats import manifest
@@ -192,8 +192,8 @@ def _ingest_all(
     slots: list[Ingested | None] = [None] * len(files)
     todo: list[int] = []
     for pos, sf in enumerate(files):
-        art = cache.lookup(sf.rel, Stamp(sf.size, sf.mtime_ns, sf.ctime_ns, sf.inode),
-                           sha512=sha512)
+        art = cache.lookup_stat(sf.rel, sf.size, sf.mtime_ns, sf.ctime_ns, sf.inode,
+                                sha512=sha512)
         if art is not None and (art.kind != "wheel" or cache.metadata_size(sf.rel) is not None):
             # its blob is taken to be in OUT: checked against the walk of OUT at the end (a stat
             # per file here cost more than the rest of an unchanged rebuild)
@@ -204,7 +204,10 @@ def _ingest_all(
     if progress:
         progress(done, len(files))
     root = str(tree.root)
-    group_of = [_group(sf.rel) for sf in files]
+    # a cached file's group from its kind (cheaper than from its name, and the same where it
+    # matters: a .deb is a deb either way, and only dists are taken from the python group)
+    group_of = [_group(sf.rel) if item is None else _KIND_GROUP.get(item.artifact.kind, "other")
+                for sf, item in zip(files, slots, strict=True)]
     todo.sort(key=lambda pos: GROUPS.index(group_of[pos]))  # stable: SOURCE order in a group
     left = dict.fromkeys(GROUPS, 0)
     for pos in todo:
@@ -260,6 +263,9 @@ def _ingest_all(
 #: the order in which files are read: Python files first (their pages are written by the
 #: workers while the rest is read), then .deb files (their indices compress meanwhile)
 GROUPS = ("python", "deb", "other")
+
+
+_KIND_GROUP = {"wheel": "python", "sdist": "python", "deb": "deb"}
 
 
 def _group(rel: str) -> str:

@@ -66,10 +66,8 @@ def _encode(art: Artifact, stamp: Stamp, metadata_size: int | None) -> list[Any]
 
 
 def _decode(rel: str, entry: list[Any]) -> Artifact:
-    art = Artifact(
-        path=rel, filename=rel.rsplit("/", 1)[-1], kind=str(entry[_KIND]), size=int(entry[0]),
-        sha256=str(entry[_SHA256]), sha512=entry[_SHA512],
-    )
+    art = Artifact(rel, rel.rsplit("/", 1)[-1], str(entry[_KIND]), int(entry[0]),
+                   str(entry[_SHA256]), entry[_SHA512])
     deb = entry[_DEB]
     if deb:
         art.deb = DebInfo(str(deb[0]), str(deb[1]), str(deb[2]), str(deb[3]))
@@ -98,11 +96,18 @@ class BuildCache:
 
     def lookup(self, rel: str, stamp: Stamp, *, sha512: bool) -> Artifact | None:
         """The cached artifact when the entry matches the file on disk exactly."""
+        return self.lookup_stat(rel, stamp.size, stamp.mtime_ns, stamp.ctime_ns, stamp.inode,
+                                sha512=sha512)
+
+    def lookup_stat(self, rel: str, size: int, mtime_ns: int, ctime_ns: int, inode: int, *,
+                    sha512: bool) -> Artifact | None:
+        """:meth:`lookup` with the stamp's fields (no Stamp made for each of 100,000 files)."""
         entry = self.entries.pop(rel, None)  # looked up once: what is left is stale
         if not self.enabled or entry is None:
             return None
         try:
-            if entry[:_STAMP] != [stamp.size, stamp.mtime_ns, stamp.ctime_ns, stamp.inode]:
+            if (entry[0] != size or entry[1] != mtime_ns or entry[2] != ctime_ns
+                    or entry[3] != inode):
                 return None
             if sha512 and not entry[_SHA512]:
                 return None
