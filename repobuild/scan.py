@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
+from typing import NamedTuple
 
 from repobuild.errors import UsageError, ValidationError
 
 
-@dataclass(frozen=True)
-class SourceFile:
+class SourceFile(NamedTuple):  # a tuple: a frozen dataclass cost ~1.5 µs more per file
     path: str  # the file to read (a symlink's target inside SOURCE); a str: 100,000 Paths
     # are tens of megabytes
     rel: str  # SOURCE-relative name with '/' separators
@@ -19,6 +19,9 @@ class SourceFile:
     mtime_ns: int
     inode: int
     ctime_ns: int = 0
+
+
+_by_rel = itemgetter(1)  # SourceFile.rel
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -81,5 +84,5 @@ def scan_source(source: Path, *, exclude: Path | None = None) -> list[SourceFile
             found.append(
                 SourceFile(path, rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
             )
-    found.sort(key=lambda f: f.rel)
+    found.sort(key=_by_rel)
     return found
