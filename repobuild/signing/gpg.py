@@ -76,9 +76,18 @@ class GpgSigner:
         self._public: bytes | None = None
 
     def _run(self, data: bytes, **kwargs: object) -> bytes:
-        sig = self._home.gpg.sign(data, keyid=self.key_id, **kwargs)
-        if not sig.data:
-            raise ValidationError(f"gpg could not sign: {sig.status or sig.stderr}", self.source)
+        return self._checked(self._home.gpg.sign(data, keyid=self.key_id, **kwargs))
+
+    def _checked(self, sig: gnupg.Sign) -> bytes:
+        """The signature, if gpg made one: a clear-signing gpg that fails (a secret key behind
+        a passphrase, say) has written the cleartext part already, so output alone is no sign
+        of success; gpg's SIG_CREATED status (the fingerprint) and its exit code are."""
+        if not sig.fingerprint or sig.returncode or not sig.data:
+            lines = (sig.stderr or "").strip().splitlines()
+            reason = sig.status or (lines[-1] if lines else "no signature")
+            raise ValidationError(f"gpg could not sign: {reason} (is the secret key protected "
+                                  "by a passphrase? repobuild signs without asking for one)",
+                                  self.source)
         return bytes(sig.data)
 
     def sign(self, data: bytes) -> bytes:
@@ -88,10 +97,7 @@ class GpgSigner:
     def sign_file(self, path: Path) -> bytes:
         """:meth:`sign` for a file, streamed to gpg (index.json at 100,000 artifacts)."""
         with open(path, "rb") as fh:
-            sig = self._home.gpg.sign_file(fh, keyid=self.key_id, detach=True)
-        if not sig.data:
-            raise ValidationError(f"gpg could not sign: {sig.status or sig.stderr}", self.source)
-        return bytes(sig.data)
+            return self._checked(self._home.gpg.sign_file(fh, keyid=self.key_id, detach=True))
 
     def clearsign(self, data: bytes) -> bytes:
         """A clear-signed document (InRelease)."""
