@@ -38,6 +38,22 @@ def _artifacts() -> list[Artifact]:
     return [wheel, odd, deb, sdist, tab, odd_deb]
 
 
+def _canonical_whole(version: int, when: datetime, arts: list[Artifact],
+                     files: dict[str, FileEntry], meta: dict[str, str]) -> bytes:
+    """The whole document as one dict, encoded at once: what the streamed index must be."""
+    whole = {
+        "type": manifest.MANIFEST_TYPE,
+        "spec_version": manifest.SPEC_VERSION,
+        "version": version,
+        "generated": manifest.rfc3339(when),
+        "expires": manifest.rfc3339(when),
+        **meta,
+        "artifacts": [manifest.artifact_entry(a) for a in sorted(arts, key=lambda a: a.path)],
+        "files": {p: manifest.file_entry(f) for p, f in files.items()},
+    }
+    return json.dumps(whole, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def test_streamed_index_is_the_canonical_json_of_the_whole() -> None:
     arts = _artifacts()
     files = {
@@ -52,19 +68,7 @@ def test_streamed_index_is_the_canonical_json_of_the_whole() -> None:
     meta = {"origin": "O", "label": "L", "suite": "stable", "codename": "stable"}
     streamed = manifest.render(version=3, generated=when, expires=when, artifacts=arts,
                                files=files, meta=meta)
-    whole = {
-        "type": manifest.MANIFEST_TYPE,
-        "spec_version": manifest.SPEC_VERSION,
-        "version": 3,
-        "generated": manifest.rfc3339(when),
-        "expires": manifest.rfc3339(when),
-        **meta,
-        "artifacts": [manifest.artifact_entry(a) for a in sorted(arts, key=lambda a: a.path)],
-        "files": {p: manifest.file_entry(f) for p, f in files.items()},
-    }
-    expected = json.dumps(whole, sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=False).encode()
-    assert streamed == expected
+    assert streamed == _canonical_whole(3, when, arts, files, meta)
     parsed = manifest.parse(streamed)
     assert parsed.files == files
     assert manifest.previous(streamed).kept_files[
@@ -118,15 +122,5 @@ def test_many_entries_in_chunks_with_odd_ones_hidden_among_them() -> None:
     when = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
     streamed = manifest.render(version=3, generated=when, expires=when, artifacts=arts,
                                files=files, meta={})
-    whole = {
-        "type": manifest.MANIFEST_TYPE,
-        "spec_version": manifest.SPEC_VERSION,
-        "version": 3,
-        "generated": manifest.rfc3339(when),
-        "expires": manifest.rfc3339(when),
-        "artifacts": [manifest.artifact_entry(a) for a in sorted(arts, key=lambda a: a.path)],
-        "files": {p: manifest.file_entry(f) for p, f in files.items()},
-    }
-    assert streamed == json.dumps(whole, sort_keys=True, separators=(",", ":"),
-                                  ensure_ascii=False).encode()
+    assert streamed == _canonical_whole(3, when, arts, files, {})
     assert len(arts) > 2 * manifest._CHUNK and len(files) > 2 * manifest._CHUNK
