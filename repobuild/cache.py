@@ -94,14 +94,10 @@ class BuildCache:
             except (OSError, ValueError, EOFError, TypeError, struct.error):
                 self.entries = {}
 
-    def lookup(self, rel: str, stamp: Stamp, *, sha512: bool) -> Artifact | None:
-        """The cached artifact when the entry matches the file on disk exactly."""
-        return self.lookup_stat(rel, stamp.size, stamp.mtime_ns, stamp.ctime_ns, stamp.inode,
-                                sha512=sha512)
-
-    def lookup_stat(self, rel: str, size: int, mtime_ns: int, ctime_ns: int, inode: int, *,
-                    sha512: bool) -> Artifact | None:
-        """:meth:`lookup` with the stamp's fields (no Stamp made for each of 100,000 files)."""
+    def lookup(self, rel: str, size: int, mtime_ns: int, ctime_ns: int, inode: int, *,
+               sha512: bool) -> Artifact | None:
+        """The cached artifact when the entry matches the file on disk exactly (its stamp's
+        fields: no Stamp is made for each of 100,000 files)."""
         entry = self.entries.pop(rel, None)  # looked up once: what is left is stale
         if not self.enabled or entry is None:
             return None

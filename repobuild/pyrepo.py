@@ -219,9 +219,6 @@ class KnownWriter:
         self._fh.write(f'{{"format":{_FORMAT},"renderer":{_DUMPS(renderer)},"projects":{{')
         self._first = True
 
-    def add(self, name: str, known: Known) -> None:
-        self.add_entries(record_entries([(name, known)]))
-
     def add_entries(self, entries: str) -> None:
         """Entries as :func:`record_entries` writes them."""
         if entries:

@@ -175,8 +175,10 @@ def test_the_record_is_the_json_of_what_was_added(tmp_path: Path) -> None:
         'odd "Ünï"': ("1" * 64, 3, "2" * 64, 4, "3" * 64, None, [9, 10, 11, 12]),
     }
     writer = pyrepo.KnownWriter(tmp_path / "record.tmp", renderer)
-    for name, known in entries.items():
-        writer.add(name, known)
+    items = list(entries.items())
+    writer.add_entries(pyrepo.record_entries(items[:1]))  # as the workers' batches come in
+    writer.add_entries(pyrepo.record_entries([]))
+    writer.add_entries(pyrepo.record_entries(items[1:]))
     writer.land(tmp_path)
     doc = json.loads((tmp_path / pyrepo.PAGES_FILE).read_bytes())
     assert doc == {"format": 2, "renderer": renderer,
