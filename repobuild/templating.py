@@ -89,10 +89,13 @@ def keep_compiled(folder: str | None) -> None:
     (None): compiling the landing page's template took ~7 ms at every build. jinja checks a kept
     template against its source and its own and Python's versions before using it."""
     env = environment()
+    env.bytecode_cache = None
     if folder is None:
-        env.bytecode_cache = None
         return
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return  # only a cache: templates are compiled as they are needed
     env.bytecode_cache = jinja2.FileSystemBytecodeCache(folder)
 
 

@@ -1,6 +1,9 @@
-"""render_large gives exactly what jinja's own render gives, whatever the pieces."""
+"""templating: render_large gives what jinja's own render gives, the rows filter what a loop gives,
+and kept compiled templates the same pages."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import jinja2
 import pytest
@@ -78,3 +81,25 @@ def test_rows_filter_refuses_what_it_cannot_fill() -> None:
                 "<td>{a.b}</td>"):
         with pytest.raises(ValueError, match="rows:"):
             templating.rows([_Row(name="n", size=1)], row)
+
+
+def test_compiled_templates_are_kept_and_a_bad_folder_is_no_error(tmp_path: Path) -> None:
+    """Kept compiled templates give the same page; a folder that cannot be made (a file in the
+    way) only means nothing is kept."""
+    want = templating.render("simple_root.html.j2", api_version="1.1", projects=["a<b"])
+    folder = tmp_path / "compiled"
+    try:
+        templating.environment().cache.clear()  # compiled again, so that it is kept
+        templating.keep_compiled(str(folder))
+        assert templating.render("simple_root.html.j2", api_version="1.1",
+                                 projects=["a<b"]) == want
+        assert list(folder.iterdir())
+        templating.environment().cache.clear()
+        assert templating.render("simple_root.html.j2", api_version="1.1",
+                                 projects=["a<b"]) == want  # from the kept code
+        blocked = tmp_path / "file"
+        blocked.write_text("in the way")
+        templating.keep_compiled(str(blocked / "compiled"))
+        assert templating.environment().bytecode_cache is None
+    finally:
+        templating.keep_compiled(None)
