@@ -464,7 +464,8 @@ def _sha256(data: bytes) -> str:
 def _keys_files(keys: KeySet) -> dict[str, bytes]:
     files = {
         "keys/public.asc": keys.gpg_public,
-        # exported from the signer's own home (a fresh gpg home to dearmor costs ~0.1 s here)
+        # the signer's exported key taken out of its armor (a fresh gpg home to dearmor it
+        # cost ~0.1 s here)
         "keys/repo.gpg": keys.gpg_public_binary,
     }
     if keys.cosign_public:

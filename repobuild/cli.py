@@ -27,7 +27,6 @@ keys_app = typer.Typer(no_args_is_help=True, help="Create signing keys.")
 app.add_typer(keys_app, name="keys")
 
 
-
 class _LazyConsole:
     """A rich Console made when first used: importing rich costs ~17 ms at every start, and a
     build that is not on a terminal prints only plain lines (:meth:`plain`)."""

@@ -32,22 +32,20 @@ def crc24(data: bytes) -> int:
 def unarmor(armored: bytes, kind: str = "PGP PUBLIC KEY BLOCK") -> bytes:
     """The packets of the one ``kind`` block in ``armored``; its checksum line, when there
     is one (RFC 9580 makes it optional), must match. ArmorError otherwise."""
-    lines = armored.decode("ascii", "strict").splitlines()
-    begin, end = f"-----BEGIN {kind}-----", f"-----END {kind}-----"
+    lines = [line.rstrip() for line in armored.decode("ascii", "strict").splitlines()]
     try:
-        start = [line.rstrip() for line in lines].index(begin)
-        stop = [line.rstrip() for line in lines].index(end, start)
+        start = lines.index(f"-----BEGIN {kind}-----")
+        stop = lines.index(f"-----END {kind}-----", start)
     except ValueError:
         raise ArmorError(f"no {kind}") from None
-    body = lines[start + 1:stop]
-    # armor headers ("Comment: ..."), up to the first empty line
-    if "" in [line.strip() for line in body]:
-        body = body[[line.strip() for line in body].index("") + 1:]
+    body = [line.lstrip() for line in lines[start + 1:stop]]
+    if "" in body:  # armor headers ("Comment: ..."), up to the first empty line
+        body = body[body.index("") + 1:]
     checksum: str | None = None
     if body and body[-1].startswith("="):
-        checksum = body.pop()[1:].strip()
+        checksum = body.pop()[1:]
     try:
-        data = base64.b64decode("".join(line.strip() for line in body), validate=True)
+        data = base64.b64decode("".join(body), validate=True)
         if checksum is not None:
             want = int.from_bytes(base64.b64decode(checksum, validate=True), "big")
             if len(checksum) != 4 or crc24(data) != want:
