@@ -10,11 +10,10 @@ import gzip
 import io
 import lzma
 import re
-import tarfile
 import zlib
 from dataclasses import dataclass
+from functools import cache
 
-from debian.deb822 import Deb822
 from debian.debian_support import Version
 
 from repobuild.formats.pydist import tar_header
@@ -143,7 +142,7 @@ def read_control_tar(member: str, data: bytes) -> bytes:
         control = _plain_tar_control(data)
         if control is None:
             control = _tarfile_control(data)
-    except (OSError, EOFError, zlib.error, lzma.LZMAError, tarfile.TarError) as exc:
+    except (OSError, EOFError, zlib.error, lzma.LZMAError, _TarError) as exc:
         raise DebError(f"unreadable {member}: {exc}") from None
     except Exception as exc:  # zstandard raises its own error type
         if type(exc).__module__.startswith("zstandard"):
@@ -214,31 +213,47 @@ def _plain_header(block: bytes) -> bool:
 
 def _tarfile_control(data: bytes) -> bytes | None:
     """The ``control`` file as tarfile finds it (the reading :func:`_plain_tar_control` keeps
-    to), or None."""
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        for entry in tar:
-            if entry.name in ("./control", "control") and entry.isfile():
-                handle = tar.extractfile(entry)
-                assert handle is not None
-                return handle.read()
+    to), or None. tarfile is imported here: the plain walk reads nearly every package."""
+    import tarfile
+
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for entry in tar:
+                if entry.name in ("./control", "control") and entry.isfile():
+                    handle = tar.extractfile(entry)
+                    assert handle is not None
+                    return handle.read()
+    except tarfile.TarError as exc:
+        raise _TarError(str(exc)) from exc
     return None
 
 
-class _Stanza(Deb822):
+class _TarError(Exception):
+    """tarfile's own error, raised where tarfile is imported."""
+
+
+@cache
+def _stanza_type() -> type:
     """Deb822 parsing the control paragraph, its fields kept as a plain dict as the parser sets
     them: Deb822's own case-insensitive mapping costs more to fill and to read back than the
     parse itself. As Deb822: a field named twice (in any case) keeps its first spelling and
-    place and its last value."""
+    place and its last value. Made when a control file is first read: python-debian's parser
+    and what it imports take ~12 ms to import, which a build that reads no .deb (a rebuild)
+    never needs."""
+    from debian.deb822 import Deb822
 
-    def __init__(self, text: str) -> None:
-        self.found: dict[str, tuple[str, str]] = {}
-        super().__init__(text)
+    class Stanza(Deb822):
+        def __init__(self, text: str) -> None:
+            self.found: dict[str, tuple[str, str]] = {}
+            super().__init__(text)
 
-    def __setitem__(self, key: str, value: str) -> None:
-        self.validate_input(key, value)
-        lower = key.lower()
-        known = self.found.get(lower)
-        self.found[lower] = (known[0] if known else key, value)
+        def __setitem__(self, key: str, value: str) -> None:
+            self.validate_input(key, value)
+            lower = key.lower()
+            known = self.found.get(lower)
+            self.found[lower] = (known[0] if known else key, value)
+
+    return Stanza
 
 
 def parse_control(raw: bytes) -> DebInfo:
@@ -246,7 +261,7 @@ def parse_control(raw: bytes) -> DebInfo:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise DebError("control file is not UTF-8") from None
-    fields = tuple(_Stanza(text).found.values())
+    fields = tuple(_stanza_type()(text).found.values())
     values = dict(fields)
     for required in ("Package", "Version", "Architecture"):
         if not values.get(required, "").strip():

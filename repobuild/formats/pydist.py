@@ -19,17 +19,13 @@ import io
 import os
 import re
 import struct
-import zipfile
 import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.parser import BytesParser
-from email.policy import compat32
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import (
     InvalidSdistFilename,
     InvalidWheelFilename,
@@ -38,6 +34,9 @@ from packaging.utils import (
     parse_wheel_filename,
 )
 from packaging.version import InvalidVersion, Version
+
+if TYPE_CHECKING:  # zipfile, email's parser and packaging's specifiers are imported where
+    import zipfile  # used: a rebuild that reads no distribution never needs them (~10 ms)
 
 TAIL_BYTES = 4 << 20
 _MAX_METADATA = 16 << 20
@@ -101,6 +100,8 @@ def _plain_headers(raw: bytes) -> dict[str, str] | None:
 def _valid_specifier(text: str) -> bool:
     """Whether ``text`` parses as a specifier set; the same few Requires-Python values recur
     in thousands of wheels."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
     try:
         SpecifierSet(text)
     except InvalidSpecifier:
@@ -114,6 +115,9 @@ def parse_metadata(raw: bytes, what: str) -> tuple[str, str, str | None, str]:
     if plain is not None:
         get = lambda key: plain.get(key.lower())  # noqa: E731
     else:
+        from email.parser import BytesParser
+        from email.policy import compat32
+
         get = BytesParser(policy=compat32).parsebytes(raw, headersonly=True).get
     name = (get("Name") or "").strip()
     version = (get("Version") or "").strip()
@@ -382,6 +386,8 @@ def _plain_extra(extra: bytes) -> bool:
 
 
 def _open_zip(fileobj: io.RawIOBase | io.BufferedIOBase) -> zipfile.ZipFile:
+    import zipfile
+
     try:
         return zipfile.ZipFile(fileobj)  # type: ignore[arg-type]
     except zipfile.BadZipFile as exc:
@@ -389,6 +395,8 @@ def _open_zip(fileobj: io.RawIOBase | io.BufferedIOBase) -> zipfile.ZipFile:
 
 
 def _read_member(zf: zipfile.ZipFile, name: str) -> bytes:
+    import zipfile
+
     info = zf.getinfo(name)
     if info.file_size > _MAX_METADATA:
         raise DistError(f"{name} is implausibly large")
@@ -460,6 +468,8 @@ def zip_sdist_info(fileobj: io.RawIOBase | io.BufferedIOBase) -> DistInfo | None
         if len(plain.hits) != 1:
             return None
         return _dist_from_pkginfo(_read_plain_member(plain, plain.hits[0].name, fileobj))
+    import zipfile
+
     try:
         zf = zipfile.ZipFile(fileobj)  # type: ignore[arg-type]
     except zipfile.BadZipFile:
