@@ -55,7 +55,7 @@ from repobuild.pyrepo import (
     renderer_version,
     stage_project_pages,
 )
-from repobuild.scan import SourceFile, scan_source
+from repobuild.scan import ScanAhead, SourceFile, scan_source
 from repobuild.signing.cosign import public_key_hint
 from repobuild.store import OutTree, survey
 from repobuild.templating import keep_compiled, render_large
@@ -629,17 +629,22 @@ def build(
     identity_token: str | None = None,
     progress: Progress | None = None,
     on_phase: Callable[[str], None] | None = None,
+    scanned: ScanAhead | None = None,
 ) -> BuildResult:
+    """``scanned``: SOURCE's walk started already (by the command line, while it imported
+    this module), for SOURCE and OUT."""
     started = time.monotonic()
     now = build_time()
     epoch = source_date_epoch()
     expires = now + timedelta(days=config.validity_days)
     phase = on_phase or (lambda _name: None)
     if out.resolve() == source.resolve():
+        if scanned is not None:
+            scanned.close()
         raise UsageError("OUT must not be SOURCE itself", out)
 
     phase("scanning")
-    files = scan_source(source, exclude=out)
+    files = scanned.result() if scanned is not None else scan_source(source, exclude=out)
     check_keydir(keydir)
     # forked first: before OUT's lock is taken (a worker would hold it) and before any thread
     workers = Workers(worker_count(len(files)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import marshal
 import os
 import stat
 from operator import itemgetter
@@ -86,3 +87,72 @@ def scan_source(source: Path, *, exclude: Path | None = None) -> list[SourceFile
             )
     found.sort(key=_by_rel)
     return found
+
+
+class ScanAhead:
+    """:func:`scan_source` run in a forked child while this process goes on.
+
+    ``repobuild build`` starts it before it imports the build (~0.1 s of imports): on a
+    machine with a second core the walk (~45 ms at 10,000 files) costs no wall time. The child
+    is forked before any thread exists, walks, sends the records (marshal) through a pipe and
+    exits. Anything else (no ``fork``, a child that failed or was killed) and :meth:`result`
+    walks in this process, so an error is raised here, as :func:`scan_source` raises it.
+    """
+
+    def __init__(self, source: Path, *, exclude: Path | None = None) -> None:
+        self.source, self.exclude = source, exclude
+        self._pid = 0
+        self._read_fd = -1
+        if not hasattr(os, "fork"):
+            return
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child (coverage does not follow it)
+            _scan_child(read_fd, write_fd, source, exclude)
+        os.close(write_fd)
+        self._pid, self._read_fd = pid, read_fd
+
+    def result(self) -> list[SourceFile]:
+        data = self._collect()
+        if data is not None:
+            try:
+                records = marshal.loads(data)
+                return list(map(SourceFile._make, records))
+            except (EOFError, ValueError, TypeError):
+                pass
+        return scan_source(self.source, exclude=self.exclude)
+
+    def close(self) -> None:
+        """Stop waiting for the child (a build that failed before it asked for the files)."""
+        self._collect()
+
+    def _collect(self) -> bytes | None:
+        if not self._pid:
+            return None
+        pid, self._pid = self._pid, 0
+        chunks: list[bytes] = []
+        try:
+            while chunk := os.read(self._read_fd, 1 << 20):
+                chunks.append(chunk)
+        finally:
+            os.close(self._read_fd)
+            _, status = os.waitpid(pid, 0)
+        if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+            return None
+        return b"".join(chunks)
+
+
+def _scan_child(read_fd: int, write_fd: int, source: Path,
+                exclude: Path | None) -> None:  # pragma: no cover - runs in the child
+    code = 1
+    try:
+        os.close(read_fd)
+        files = scan_source(source, exclude=exclude)
+        data = memoryview(marshal.dumps([tuple(f) for f in files]))
+        while data:
+            data = data[os.write(write_fd, data):]
+        code = 0
+    except BaseException:  # noqa: BLE001 - the parent walks again and reports it
+        code = 1
+    finally:
+        os._exit(code)
