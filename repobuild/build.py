@@ -16,10 +16,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -57,10 +58,13 @@ from repobuild.pyrepo import (
 )
 from repobuild.scan import ScanAhead, SourceFile, scan_source
 from repobuild.signing.cosign import public_key_hint
-from repobuild.store import OutTree, survey
+from repobuild.store import SURVEY_FILE, OutTree, survey
 from repobuild.templating import keep_compiled, render_large
 from repobuild.trust import KEYLESS_BUNDLE
 from repobuild.workers import Workers, worker_count
+
+if TYPE_CHECKING:
+    from repobuild.signing import intoto
 
 INDEX = "index.json"
 TEMPLATES = "templates"  # in OUT/.repobuild/: compiled templates (repobuild.templating)
@@ -366,7 +370,7 @@ def _survey_later(
     expected = [art.blob for art in arts]
     expected += [art.blob + ".metadata" for art in arts if art.kind == "wheel"]
     if not workers.count:
-        found = survey(str(tree.root), expected)
+        found = survey(str(tree.root), expected, keep_listings=True)
         return lambda: found
     job = workers.submit(_survey_packed, str(tree.root), expected)
     del expected
@@ -381,7 +385,7 @@ def _survey_later(
 def _survey_packed(root: str, expected: list[str]) -> tuple[bytes, set[str]]:
     """:func:`survey` in a worker; the paths come back as one NUL-separated string (no file
     name holds a NUL), not 150,000 string objects unpickled into the build's process."""
-    others, missing = survey(root, expected)
+    others, missing = survey(root, expected, keep_listings=True)
     return "\0".join(others).encode("utf-8", "surrogateescape"), missing
 
 
@@ -660,6 +664,7 @@ def build(
     created: list[str] = []  # blobs and .metadata files this build added to OUT
     page_record: KnownWriter | None = None  # dropped unless it lands with the build
     metadata_sizes: dict[str, int] = {}
+    stack = ExitStack()  # files open until the build is over
     try:
         tree.open()
         keep_compiled(str(tree.state / TEMPLATES))
@@ -668,6 +673,8 @@ def build(
         phase("reading")
         cache = BuildCache(tree.state, enabled=not rehash)
         blocks = BlockCache(tree.state / BLOCKS, enabled=not rehash)
+        if rehash:  # nor the listings of OUT's folders (repobuild.store.survey)
+            (tree.state / SURVEY_FILE).unlink(missing_ok=True)
         stamp_now = rfc3339(now)
         early: list[AptJob] = []
         early_pages: list[tuple[list[Project], list[PageJob]]] = []
@@ -767,6 +774,24 @@ def build(
         stage("simple/index.html", root_html, tops)
         stage("simple/index.json", root_json, tops)
         del projects
+        # index.json's artifacts and the in-toto link's materials depend on nothing still to
+        # come: written while the apt indices compress and the workers finish the pages.
+        # index.json is written to a file as it is rendered (~70 MB at 100,000 artifacts),
+        # hashed meanwhile, signed from the file and its digest, and renamed into place when
+        # its turn comes.
+        index_tmp = tree.temp_path()
+        index_hash = hashlib.sha256()
+        index_fh = stack.enter_context(open(index_tmp, "wb"))
+
+        def write(piece: bytes) -> None:
+            index_hash.update(piece)
+            index_fh.write(piece)
+
+        index = manifest.IndexWriter(write, version=version, generated=now, expires=expires,
+                                     meta={"origin": config.origin, "label": config.label,
+                                           "suite": config.suite, "codename": config.codename})
+        index.artifacts(arts)
+        provenance = _start_link(keys, arts, layout_job.result())
         apt = apt_job.finish(keys.gpg, now)
         del apt_job
         for path, data in apt.by_hash.items():
@@ -802,28 +827,20 @@ def build(
         listed = current  # and the kept ones: no copy of 250,000 entries
         listed.update(kept)
 
-        provenance = _provenance(keys, arts, listed, blob_paths, layout_job.result())
-        for path in sorted(provenance):  # popped: the staged copy is the only one left
-            stage(path, provenance.pop(path), tops)
-            listed[path] = current[path]
+        if provenance is not None:  # in-toto: the owner's layout and the builder's link
+            layout, writer = provenance
+            link_name, link_bytes = writer.products(_Products(blob_paths, listed))
+            del provenance, writer
+            in_toto: list[tuple[str, bytes | bytearray]] = [
+                ("in-toto/root.layout", layout), (f"in-toto/{link_name}", link_bytes)]
+            del layout, link_bytes
+            for path, content in sorted(in_toto):
+                stage(path, content, tops)
+                listed[path] = current[path]
+            del in_toto, content
 
-        meta: dict[str, Any] = {
-            "origin": config.origin,
-            "label": config.label,
-            "suite": config.suite,
-            "codename": config.codename,
-        }
-        # written to a file as it is rendered (~70 MB at 100,000 artifacts), hashed meanwhile,
-        # signed from the file and its digest, and renamed into place when its turn comes
-        index_tmp = tree.temp_path()
-        index_hash = hashlib.sha256()
-        with open(index_tmp, "wb") as fh:
-            def write(piece: bytes) -> None:
-                index_hash.update(piece)
-                fh.write(piece)
-
-            manifest.render_to(write, version=version, generated=now, expires=expires,
-                               artifacts=arts, files=listed, meta=meta)
+        index.files(listed)
+        index_fh.close()
         signatures = _sign_index(keys, index_tmp, index_hash.digest())
         errors: list[str] = []
         if sigstore:
@@ -882,6 +899,7 @@ def build(
         result.seconds = time.monotonic() - started
         return result
     finally:
+        stack.close()
         keep_compiled(None)
         workers.close()
         if page_record is not None:
@@ -950,24 +968,16 @@ class _Products(Mapping[str, str]):
         return len(self._blobs) + sum(1 for p in self._listed if p not in self._blobs)
 
 
-def _provenance(
-    keys: KeySet,
-    arts: list[Artifact],
-    listed: dict[str, FileEntry],
-    blobs: dict[str, str],
-    layout: bytes | None,
-) -> dict[str, bytes | bytearray]:
-    """in-toto: the owner's layout and the builder's link for this build."""
+def _start_link(
+    keys: KeySet, arts: list[Artifact], layout: bytes | None,
+) -> tuple[bytes, intoto.LinkWriter] | None:
+    """in-toto: the owner's layout and the builder's link for this build, its materials
+    written (the products come once every file is known); None without in-toto keys."""
     if (layout is None or keys.owner_key is None or keys.builder_key is None
             or keys.builder_public is None):
-        return {}
+        return None
     from repobuild.signing import intoto
 
-    materials = {a.path: a.sha256 for a in arts}
-    link_name, link = intoto.make_link(
-        keys.builder_key,
-        materials=materials,
-        products=_Products(blobs, listed),  # a view: 350,000 entries are not copied
-        command=["repobuild", "build"],
-    )
-    return {"in-toto/root.layout": layout, f"in-toto/{link_name}": link}
+    writer = intoto.LinkWriter(keys.builder_key, command=["repobuild", "build"])
+    writer.materials({a.path: a.sha256 for a in arts})
+    return layout, writer

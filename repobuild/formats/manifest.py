@@ -129,51 +129,88 @@ def render_to(
     """The canonical document, written entry by entry: the same bytes as ``canonical`` of the
     whole, without ever holding the whole, as Python objects or as bytes (100,000 artifacts
     make ~70 MB of it)."""
-    top: dict[str, Any] = {
-        "type": MANIFEST_TYPE,
-        "spec_version": SPEC_VERSION,
-        "version": version,
-        "generated": rfc3339(generated),
-        "expires": rfc3339(expires),
-        **meta,
-    }
-    big = {"artifacts", "files"}
-    buf = bytearray(b"{")
+    writer = IndexWriter(write, version=version, generated=generated, expires=expires, meta=meta)
+    writer.artifacts(artifacts)
+    writer.files(files)
 
-    def flush() -> None:
-        if len(buf) >= 1 << 16:
-            write(bytes(buf))
-            buf.clear()
 
-    for n, key in enumerate(sorted(top.keys() | big)):
-        if n:
-            buf += b","
-        buf += canonical(key)
-        if key == "artifacts":
-            buf += b":["
-            ordered = sorted(artifacts, key=_by_path)
-            for start in range(0, len(ordered), _CHUNK):
-                if start:
-                    buf += b","
-                buf += _artifact_items(ordered[start:start + _CHUNK]).encode()
-                flush()
-            del ordered
-            buf += b"]"
-        elif key == "files":
-            buf += b":{"
-            paths = sorted(files)
-            for start in range(0, len(paths), _CHUNK):
-                if start:
-                    buf += b","
-                buf += _file_items(paths[start:start + _CHUNK], files)
-                flush()
-            del paths
-            buf += b"}"
-        else:
-            buf += b":"
-            buf += canonical(top[key])
-    buf += b"}"
-    write(bytes(buf))
+class IndexWriter:
+    """:func:`render_to` in two steps, in the order of the document's sorted keys: first the
+    artifacts and what comes before "files", then the files and the rest. A build writes the
+    first part while the files are still to come (the project pages, the in-toto link)."""
+
+    def __init__(self, write: Callable[[bytes], object], *, version: int, generated: datetime,
+                 expires: datetime, meta: dict[str, Any]) -> None:
+        self._write = write
+        self._top: dict[str, Any] = {
+            "type": MANIFEST_TYPE,
+            "spec_version": SPEC_VERSION,
+            "version": version,
+            "generated": rfc3339(generated),
+            "expires": rfc3339(expires),
+            **meta,
+        }
+        if self._top.keys() & {"artifacts", "files"}:
+            raise ValueError("meta must not name artifacts or files")
+        self._keys = sorted(self._top.keys() | {"artifacts", "files"})
+        self._split = self._keys.index("files")
+        self._buf = bytearray(b"{")
+        self._step = 0
+
+    def _flush(self, always: bool = False) -> None:
+        if always or len(self._buf) >= 1 << 16:
+            self._write(bytes(self._buf))
+            self._buf.clear()
+
+    def artifacts(self, artifacts: list[Artifact]) -> None:
+        """Everything before "files": the artifacts (sorted by path) and the header keys."""
+        if self._step != 0:
+            raise RuntimeError("artifacts are written first, once")
+        self._step = 1
+        self._keys_from(0, self._split, artifacts, None)
+
+    def files(self, files: dict[str, FileEntry]) -> None:
+        """"files" (sorted by path) and everything after it; the document is then complete."""
+        if self._step != 1:
+            raise RuntimeError("files are written after the artifacts, once")
+        self._step = 2
+        self._keys_from(self._split, len(self._keys), None, files)
+        self._buf += b"}"
+        self._flush(always=True)
+
+    def _keys_from(self, first: int, stop: int, artifacts: list[Artifact] | None,
+                   files: dict[str, FileEntry] | None) -> None:
+        buf = self._buf
+        for n in range(first, stop):
+            key = self._keys[n]
+            if n:
+                buf += b","
+            buf += canonical(key)
+            if key == "artifacts":
+                assert artifacts is not None
+                buf += b":["
+                ordered = sorted(artifacts, key=_by_path)
+                for start in range(0, len(ordered), _CHUNK):
+                    if start:
+                        buf += b","
+                    buf += _artifact_items(ordered[start:start + _CHUNK]).encode()
+                    self._flush()
+                del ordered
+                buf += b"]"
+            elif key == "files":
+                assert files is not None
+                buf += b":{"
+                paths = sorted(files)
+                for start in range(0, len(paths), _CHUNK):
+                    if start:
+                        buf += b","
+                    buf += _file_items(paths[start:start + _CHUNK], files)
+                    self._flush()
+                del paths
+                buf += b"}"
+            else:
+                buf += b":"
+                buf += canonical(self._top[key])
 
 
 _CHUNK = 2048  # entries written, then checked, at once

@@ -428,72 +428,90 @@ def make_link(
     files written after the link (index.json and its signatures, ``in-toto/*``) nor
     ``.repobuild/*``: the layout refuses them.
     """
-    signer = _signer(builder_private_pem)
-    material_paths, product_paths = sorted(materials), sorted(products)
-    if step == BUILD_STEP:
-        _refuse_reserved(product_paths)
-    plain = not (_any_control(material_paths) or _any_control(product_paths)
-                 or any(_CONTROL.search(s) for s in (*command, step)))
-    signed_bytes: bytes | bytearray
-    if plain:
+    writer = LinkWriter(builder_private_pem, command=command, step=step)
+    writer.materials(materials)
+    return writer.products(products)
+
+
+class LinkWriter:
+    """:func:`make_link` in two steps: the materials (a build knows them early), then the
+    products, which complete and sign the link."""
+
+    def __init__(self, builder_private_pem: Any, *, command: Sequence[str],
+                 step: str = BUILD_STEP) -> None:
+        self._signer = _signer(builder_private_pem)
+        self._command, self._step = list(command), step
+        self._materials: Mapping[str, str] | None = None
+        self._out: bytearray | None = None  # the canonical bytes so far, when plain
+        self._reserve = 0
+
+    def materials(self, materials: Mapping[str, str]) -> None:
+        if self._materials is not None:
+            raise RuntimeError("the materials are given once")
+        self._materials = materials
+        paths = sorted(materials)
+        if _any_control(paths) or any(_CONTROL.search(s) for s in (*self._command, self._step)):
+            return  # the whole link goes through the exact encoder (products())
         # at 100,000 products the link is ~50 MB: written straight as canonical bytes, never
         # held as a dict of dicts and then as a string as well
         # room is kept in front for the document's head, whose length is known (an Ed25519
         # signature is always 128 hex digits), so the link is never copied whole
-        dummy = {"keyid": signer.keyid, "sig": "0" * 128}
-        reserve = len(_dumps({"signatures": [dummy]})) - 2 + len(b',"signed":')
-        signed_bytes = _canonical_link(command, step, (material_paths, materials, "material"),
-                                       (product_paths, products, "product"), reserve=reserve)
-    else:  # _artifacts checks each entry
-        reserve = 0
-        signed_bytes = _canonical_bytes({
-            "_type": "link",
-            "byproducts": {},
-            "command": list(command),
-            "environment": {},
-            "materials": _artifacts(materials, "material"),
-            "name": step,
-            "products": _artifacts(products, "product"),
-        })
-    try:
-        signature = signer.sign(memoryview(signed_bytes)[reserve:])  # bytes-like: no copy
-    except Exception as exc:
-        raise ValidationError(f"cannot sign the in-toto link: {exc}") from exc
-    name = f"{step}.{signer.keyid[:8]}.link"
-    # _dumps of {"signatures": [...], "signed": signed}: sorted keys put "signatures" first, and
-    # the signed part is its canonical bytes (no control characters: identical to json.dumps)
-    head = _dumps({"signatures": [signature]})[:-2]  # without the closing "}\n"
-    if not plain:
-        return name, _dumps({"signatures": [signature],
-                             "signed": json.loads(signed_bytes, strict=False)})
-    assert isinstance(signed_bytes, bytearray)
-    # the document's head into the room kept for it (in place when the length is as expected;
-    # a signer with another signature length costs one move of the buffer)
-    signed_bytes[:reserve] = head + b',"signed":'
-    signed_bytes += b"}\n"
-    return name, signed_bytes
+        dummy = {"keyid": self._signer.keyid, "sig": "0" * 128}
+        self._reserve = len(_dumps({"signatures": [dummy]})) - 2 + len(b',"signed":')
+        out = bytearray(self._reserve)
+        out.extend(b'{"_type":"link","byproducts":{},"command":')
+        out.extend(json.dumps(self._command, ensure_ascii=False, separators=(",", ":")).encode())
+        out.extend(b',"environment":{},"materials":')
+        _artifact_object(out, paths, materials, "material")
+        out.extend(b',"name":')
+        out.extend(_encode_text(self._step))
+        out.extend(b',"products":')
+        self._out = out
 
-
-Entries = tuple[list[str], Mapping[str, str], str]  # sorted paths, path -> digest, what
-
-
-def _canonical_link(
-    command: Sequence[str], step: str, materials: Entries, products: Entries,
-    *, reserve: int = 0,
-) -> bytearray:
-    """The canonical JSON of a link's signed part, for strings without control characters,
-    after ``reserve`` bytes of room; each entry is checked on the way (:func:`_check_entry`)."""
-    out = bytearray(reserve)
-    out.extend(b'{"_type":"link","byproducts":{},"command":')
-    out.extend(json.dumps(list(command), ensure_ascii=False, separators=(",", ":")).encode())
-    out.extend(b',"environment":{},"materials":')
-    _artifact_object(out, *materials)
-    out.extend(b',"name":')
-    out.extend(_encode_text(step))
-    out.extend(b',"products":')
-    _artifact_object(out, *products)
-    out.extend(b"}")
-    return out
+    def products(self, products: Mapping[str, str]) -> tuple[str, bytes | bytearray]:
+        """The link's file name and bytes, signed."""
+        if self._materials is None:
+            raise RuntimeError("the materials come first")
+        product_paths = sorted(products)
+        if self._step == BUILD_STEP:
+            _refuse_reserved(product_paths)
+        signed_bytes: bytes | bytearray
+        out, self._out = self._out, None
+        plain = out is not None and not _any_control(product_paths)
+        if plain:
+            assert out is not None
+            _artifact_object(out, product_paths, products, "product")
+            out.extend(b"}")
+            signed_bytes, reserve = out, self._reserve
+        else:  # _artifacts checks each entry
+            del out
+            signed_bytes, reserve = _canonical_bytes({
+                "_type": "link",
+                "byproducts": {},
+                "command": self._command,
+                "environment": {},
+                "materials": _artifacts(self._materials, "material"),
+                "name": self._step,
+                "products": _artifacts(products, "product"),
+            }), 0
+        try:
+            signature = self._signer.sign(memoryview(signed_bytes)[reserve:])  # bytes-like
+        except Exception as exc:
+            raise ValidationError(f"cannot sign the in-toto link: {exc}") from exc
+        name = f"{self._step}.{self._signer.keyid[:8]}.link"
+        # _dumps of {"signatures": [...], "signed": signed}: sorted keys put "signatures"
+        # first, and the signed part is its canonical bytes (no control characters: identical
+        # to json.dumps)
+        head = _dumps({"signatures": [signature]})[:-2]  # without the closing "}\n"
+        if not plain:
+            return name, _dumps({"signatures": [signature],
+                                 "signed": json.loads(signed_bytes, strict=False)})
+        assert isinstance(signed_bytes, bytearray)
+        # the document's head into the room kept for it (in place when the length is as
+        # expected; a signer with another signature length costs one move of the buffer)
+        signed_bytes[:reserve] = head + b',"signed":'
+        signed_bytes += b"}\n"
+        return name, signed_bytes
 
 
 _CHUNK = 4096  # entries checked and encoded at once
