@@ -620,3 +620,23 @@ def test_verify_layout_rejects_malformed_layout(tmp_path: Path, keys: Keys) -> N
     out = build_out(tmp_path, keys)
     with pytest.raises(VerificationError, match="malformed"):
         intoto.verify_layout(b"{not json", out / "in-toto", keys.owner_pub, tree=out)
+
+
+def test_build_products_view_gives_the_link_a_dict_gives(keys: Keys) -> None:
+    """The build hands make_link a view over its blobs and listed files, read a chunk at a
+    time through ``digests_of``: the link must be the one the same entries give as a dict
+    (a listed file wins over a blob of the same path, as in the view's own lookups)."""
+    from repobuild.build import _Products
+    from repobuild.model import FileEntry
+
+    blobs = _many(6000)
+    listed = {f"simple/p{i}/index.html": FileEntry(i, f"{i + 7:064x}") for i in range(5000)}
+    shadowed = next(iter(blobs))
+    listed[shadowed] = FileEntry(1, "e" * 64)
+    view = _Products(blobs, listed)
+    assert view.digests_of([shadowed, "simple/p3/index.html"]) == ["e" * 64, f"{10:064x}"]
+    plain = {**blobs, **{p: e.sha256 for p, e in listed.items()}}
+    assert dict(view) == plain
+    got = intoto.make_link(keys.builder_key, materials={}, products=view, command=["x"])
+    want = intoto.make_link(keys.builder_key, materials={}, products=plain, command=["x"])
+    assert got == want

@@ -526,11 +526,14 @@ def _artifact_object(out: bytearray, paths: list[str], entries: Mapping[str, str
     A chunk of entries is checked at once on joined strings (NUL never occurs in a clean path,
     so it separates them): no empty, absolute or ``.``/``..`` component, no backslash, only
     64 lowercase hex digits. A chunk that fails, or has a quote to escape, goes entry by entry:
-    :func:`_check_entry` raises with the reason, and the encoder escapes."""
+    :func:`_check_entry` raises with the reason, and the encoder escapes. A mapping with a
+    ``digests_of(paths)`` method gives a chunk's digests through it, at once (a view over
+    other mappings then makes no Python call per entry)."""
+    bulk = getattr(entries, "digests_of", None)
     out.extend(b"{")
     for start in range(0, len(paths), _CHUNK):
         chunk = paths[start:start + _CHUNK]
-        digests = [entries[path] for path in chunk]
+        digests = bulk(chunk) if bulk is not None else [entries[path] for path in chunk]
         if start:
             out.extend(b",")
         if _clean_chunk(chunk, digests):
