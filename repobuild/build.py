@@ -339,7 +339,7 @@ def _describe(art: Artifact, config: Config, first_seen: dict[str, str] | None,
         art.yanked = config.yank_reason(art.path)
 
 
-PageJob = Callable[[], tuple[str, list[PageRow]]]
+PageJob = Callable[[], tuple[bytes, list[PageRow]]]
 
 
 def _stage_pages(

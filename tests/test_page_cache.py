@@ -1,6 +1,6 @@
 """A rebuild renders only the project pages that would change (repobuild.pyrepo).
 
-Each project's pages are recorded in OUT/.repobuild/pages.json with a key over what they are
+Each project's pages are recorded in OUT/.repobuild/pages.bin with a key over what they are
 rendered from; an unchanged project is not rendered again, but only when both its pages in OUT
 still hash to what was recorded. A page edited in OUT (even keeping its size), a page removed
 from OUT, a new file of the project or a record made by another renderer: each renders again,
@@ -9,7 +9,7 @@ and the tree comes out as a build from scratch makes it.
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import shutil
 import time
@@ -55,7 +55,8 @@ def test_rebuild_renders_only_what_changed_and_never_trusts_a_page_in_out(
     rb.build(src, out, DEMO_KEYS, Config())
     projects = sorted(rendered)
     assert len(projects) >= 3
-    assert sorted(json.loads((out / ".repobuild/pages.json").read_bytes())["projects"]) == projects
+    recorded = pyrepo.load_known(out / ".repobuild", pyrepo.renderer_version())
+    assert sorted(recorded) == projects
     good = simple_pages(out)
 
     rendered.clear()
@@ -89,10 +90,12 @@ def test_rebuild_renders_only_what_changed_and_never_trusts_a_page_in_out(
     assert b"9.9.9" in (out / "simple" / projects[2] / "index.json").read_bytes()
 
     # a record made by another renderer (a new template, a new repobuild): all rendered
-    record = out / ".repobuild/pages.json"
-    doc = json.loads(record.read_bytes())
-    doc["renderer"] = "0" * 64
-    record.write_text(json.dumps(doc))
+    record = out / ".repobuild" / pyrepo.PAGES_FILE
+    known = pyrepo.load_known(out / ".repobuild", pyrepo.renderer_version())
+    assert len(known) == len(projects) + 1
+    other = pyrepo.KnownWriter(tmp_path / "other.tmp", "0" * 64)
+    other.add_entries(pyrepo.record_entries(known.items()))
+    other.land(out / ".repobuild")
     after_new = simple_pages(out)
     rendered.clear()
     rb.build(src, out, DEMO_KEYS, Config())
@@ -165,22 +168,40 @@ def test_a_page_is_read_once_then_known_by_its_stamp_and_any_write_shows(
     assert simple_pages(out) == good
 
 
-def test_the_record_is_the_json_of_what_was_added(tmp_path: Path) -> None:
-    """Plain entries are written directly, others through the encoder: the same JSON, and
-    load_known reads back exactly what was added."""
+def test_the_record_reads_back_what_was_added(tmp_path: Path) -> None:
+    """Batches of entries written as they come in are read back exactly; a record cut short,
+    of another renderer or holding entries of the wrong shape is no record at all. A record
+    of the earlier format (pages.json) is removed when the new one lands."""
     renderer = "r" * 64
     entries: dict[str, pyrepo.Known] = {
         "rbdemo-lib": ("a" * 64, 10, "b" * 64, 20, "c" * 64, [1, 2, 3, 4], [5, 6, 7, 8]),
         "new.project_2": ("d" * 64, 0, "e" * 64, 1, "f" * 64, None, None),
         'odd "Ünï"': ("1" * 64, 3, "2" * 64, 4, "3" * 64, None, [9, 10, 11, 12]),
     }
+    (tmp_path / "pages.json").write_text("{}")
     writer = pyrepo.KnownWriter(tmp_path / "record.tmp", renderer)
     items = list(entries.items())
     writer.add_entries(pyrepo.record_entries(items[:1]))  # as the workers' batches come in
     writer.add_entries(pyrepo.record_entries([]))
     writer.add_entries(pyrepo.record_entries(items[1:]))
     writer.land(tmp_path)
-    doc = json.loads((tmp_path / pyrepo.PAGES_FILE).read_bytes())
-    assert doc == {"format": 2, "renderer": renderer,
-                   "projects": {n: list(k) for n, k in entries.items()}}
+    assert not (tmp_path / "pages.json").exists()
     assert pyrepo.load_known(tmp_path, renderer) == entries
+    assert pyrepo.load_known(tmp_path, "x" * 64) == {}
+    record = tmp_path / pyrepo.PAGES_FILE
+    data = record.read_bytes()
+    for cut in (len(data) - 1, len(data) - 30, 20, 0):
+        record.write_bytes(data[:cut])
+        assert pyrepo.load_known(tmp_path, renderer) == {}, cut
+    odd: list[list[object]] = [
+        [("p", "k", "10", "h", 1, "j", None, None)],  # a size as a string
+        [("p", "k", 1, "h", 1, "j", [1, 2, 3], None)],  # a stamp of three numbers
+        [("p", "k", 1, "h", 1, "j", None)],  # an entry cut short
+        ["p"],
+    ]
+    for frame in odd:
+        bad = pyrepo.KnownWriter(tmp_path / "bad.tmp", renderer)
+        bad.add_entries(pyrepo.record_entries(items))
+        bad.add_entries(marshal.dumps(frame))
+        bad.land(tmp_path)
+        assert pyrepo.load_known(tmp_path, renderer) == {}, frame
