@@ -782,10 +782,14 @@ def build(
         index_tmp = tree.temp_path()
         index_hash = hashlib.sha256()
         index_fh = stack.enter_context(open(index_tmp, "wb"))
+        # and signed by gpg as it is written: gpg hashes each piece as it comes
+        index_sig = keys.gpg.sign_stream()
+        stack.callback(index_sig.abort)  # a no-op once the signature is finished
 
         def write(piece: bytes) -> None:
             index_hash.update(piece)
             index_fh.write(piece)
+            index_sig.write(piece)
 
         index = manifest.IndexWriter(write, version=version, generated=now, expires=expires,
                                      meta={"origin": config.origin, "label": config.label,
@@ -841,7 +845,7 @@ def build(
 
         index.files(listed)
         index_fh.close()
-        signatures = _sign_index(keys, index_tmp, index_hash.digest())
+        signatures = _sign_index(keys, index_tmp, index_hash.digest(), index_sig.finish())
         errors: list[str] = []
         if sigstore:
             from repobuild.signing.keyless import KeylessError, sign_keyless
@@ -919,10 +923,11 @@ def _close_keys(job: Future[KeySet]) -> None:
         job.result().close()
 
 
-def _sign_index(keys: KeySet, index: Path, digest: bytes) -> dict[str, bytes]:
-    """index.json's signatures, from the file and its SHA-256 (never all of it in memory,
-    except for a signer that needs the bytes: a key behind a signer URI)."""
-    sigs = {"index.json.asc": keys.gpg.sign_file(index)}
+def _sign_index(keys: KeySet, index: Path, digest: bytes, gpg_sig: bytes) -> dict[str, bytes]:
+    """index.json's signatures (gpg's made as it was written), from the file and its SHA-256
+    (never all of it in memory, except for a signer that needs the bytes: a key behind a
+    signer URI)."""
+    sigs = {"index.json.asc": gpg_sig}
     if keys.cosign is not None and keys.cosign_public is not None:
         from repobuild.signing.cosign import CosignSigner
         from repobuild.signing.sigstore_bundle import make_key_bundle_for_digest

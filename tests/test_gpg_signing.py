@@ -44,3 +44,52 @@ def test_a_key_that_cannot_sign_fails_the_build_and_changes_nothing(tmp_path: Pa
     after = {p: p.read_bytes() for p in sorted(good.rglob("*"))
              if p.is_file() and ".repobuild" not in p.parts}
     assert after == before, "the previous tree is left as it was"
+
+
+def test_a_streamed_signature_is_the_one_gpg_makes_of_the_whole(tmp_path: Path) -> None:
+    """index.json is signed as it is written: piece by piece, the same signature as of the
+    whole (the signature time fixed, as SOURCE_DATE_EPOCH fixes it), and it verifies."""
+    from repobuild.signing.gpg import GpgSigner
+
+    data = b"".join(b'{"entry":%d},' % i for i in range(200_000))  # ~3 MB, past any buffer
+    signer = GpgSigner(DEMO_KEYS / "gpg" / "secret.asc", faked_time=1_700_000_000)
+    try:
+        stream = signer.sign_stream()
+        for start in range(0, len(data), 65536):
+            stream.write(data[start:start + 65536])
+        streamed = stream.finish()
+        assert streamed == signer.sign(data)
+        stream = signer.sign_stream()
+        stream.write(b"half")
+        stream.abort()  # a build that fails meanwhile: gpg is stopped, nothing is left
+    finally:
+        signer.close()
+    from repobuild.signing.gpg import dearmor
+
+    (tmp_path / "data").write_bytes(data)
+    (tmp_path / "data.asc").write_bytes(streamed)
+    (tmp_path / "repo.gpg").write_bytes(dearmor((DEMO_KEYS / "gpg" / "public.asc").read_bytes()))
+    ok = subprocess.run(["gpgv", "--keyring", str(tmp_path / "repo.gpg"),
+                         str(tmp_path / "data.asc"), str(tmp_path / "data")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_a_streamed_signature_that_gpg_cannot_make_is_an_error(tmp_path: Path) -> None:
+    import pytest
+
+    from repobuild.errors import ValidationError
+    from repobuild.signing.gpg import GpgSigner
+
+    secret = tmp_path / "secret.asc"
+    secret.write_bytes(_protected_secret_key(tmp_path))
+    signer = GpgSigner(secret)
+    try:
+        stream = signer.sign_stream()
+        for _ in range(100):  # more than a pipe holds: gpg may have stopped reading
+            stream.write(b"x" * 65536)
+        with pytest.raises(ValidationError, match="gpg could not sign.*passphrase") as exc:
+            stream.finish()
+        assert "secret.asc" in str(exc.value)
+    finally:
+        signer.close()
