@@ -1,11 +1,13 @@
-"""Compressed xz blocks of the last build, kept in OUT/.repobuild/xz-blocks/ (never served).
+"""Compressed xz blocks and gzip segments of the last build, kept in OUT/.repobuild/xz-blocks/
+(never served).
 
 A large Packages file is compressed in blocks cut by its content (repobuild.formats.xz.cut):
 after one package is added to 10,000, one block of ~250 KB is new and the others are the last
 build's. A kept block is used again only after it has been decompressed back to exactly the
 block's bytes (liblzma checks its CRC-64 as well), so a damaged or foreign file costs one
-compression, never a wrong Packages.xz. Blocks that no build used are removed when a build has
-landed (:meth:`BlockCache.prune`).
+compression, never a wrong Packages.xz. Packages.gz is made of deflate segments of the same
+parts (repobuild.formats.gz), kept and checked the same way. Blocks and segments that no build
+used are removed when a build has landed (:meth:`BlockCache.prune`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import struct
 import threading
 from pathlib import Path
 
-from repobuild.formats import xz
+from repobuild.formats import gz, xz
 
 FOLDER = "xz-blocks"
 _SUFFIX = ".xzb"
+_GZ_SUFFIX = ".gzs"  # a kept gzip segment: its bytes as they are
 _HEAD = struct.Struct("<QQ")  # a kept block: its unpadded and uncompressed sizes, then its bytes
 
 
@@ -36,10 +39,10 @@ class BlockCache:
     def block(self, data: bytes) -> xz.Block:
         """``data`` as an xz block (:func:`repobuild.formats.xz.block`): the kept one if it
         holds exactly ``data``, else compressed now and kept. Called from several threads."""
-        key = hashlib.sha256(data).hexdigest()
-        path = self.folder / (key + _SUFFIX)
+        name = hashlib.sha256(data).hexdigest() + _SUFFIX
+        path = self.folder / name
         with self._lock:
-            self._used.add(key)
+            self._used.add(name)
         if self.enabled:
             kept = _read(path, data)
             if kept is not None:
@@ -53,6 +56,29 @@ class BlockCache:
             _write(path, made)
         return made
 
+    def segment(self, data: bytes) -> bytes:
+        """``data`` as a gzip segment (:func:`repobuild.formats.gz.segment`): the kept one if
+        it inflates to exactly ``data``, else compressed now and kept."""
+        name = hashlib.sha256(data).hexdigest() + _GZ_SUFFIX
+        path = self.folder / name
+        with self._lock:
+            self._used.add(name)
+        if self.enabled:
+            try:
+                kept: bytes | None = path.read_bytes()
+            except OSError:
+                kept = None
+            if kept is not None and gz.inflate(kept) == data:
+                with self._lock:
+                    self.reused += 1
+                return kept
+        made = gz.segment(data)
+        with self._lock:
+            self.made += 1
+        if self.enabled:
+            _keep(path, made)
+        return made
+
     def prune(self) -> None:
         """Remove the kept blocks that this build did not use (after it has landed)."""
         if not self.enabled:
@@ -62,7 +88,7 @@ class BlockCache:
         except OSError:
             return
         for name in names:  # and what a killed build left half-written
-            if not (name.endswith(_SUFFIX) and name[:-len(_SUFFIX)] in self._used):
+            if name not in self._used:
                 (self.folder / name).unlink(missing_ok=True)
 
 
@@ -80,12 +106,15 @@ def _read(path: Path, data: bytes) -> xz.Block | None:
 
 def _write(path: Path, block: xz.Block) -> None:
     """Kept for the next build; a block that cannot be kept is only compressed again."""
+    _keep(path, _HEAD.pack(block.unpadded, block.uncompressed) + block.data)
+
+
+def _keep(path: Path, data: bytes) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         path.parent.mkdir(exist_ok=True)
         with open(tmp, "wb") as fh:
-            fh.write(_HEAD.pack(block.unpadded, block.uncompressed))
-            fh.write(block.data)
+            fh.write(data)
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)

@@ -1,11 +1,12 @@
-"""Packages.xz blocks kept from the last build (repobuild.blockcache): a rebuild that adds a
-package compresses the block that holds it and uses the others again, and writes the very
-bytes a build without them writes; a kept block that is damaged or not what it claims is never
-used."""
+"""Packages.xz blocks and Packages.gz segments kept from the last build (repobuild.blockcache):
+a rebuild that adds a package compresses the block and the segment that hold it and uses the
+others again, and writes the very bytes a build without them writes; a kept block or segment
+that is damaged or not what it claims is never used."""
 
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import lzma
 import os
@@ -22,6 +23,7 @@ from repobuild.aptrepo import AptJob
 from repobuild.blockcache import BlockCache
 from repobuild.config import Config
 from repobuild.formats import xz
+from repobuild.formats.apt import gzip_bytes
 from repobuild.formats.deb import DebInfo
 from repobuild.model import Artifact
 from tests.clients import DEMO_KEYS, FIXTURES, fixture_generator, have_apt, http_server, make_apt
@@ -51,18 +53,26 @@ def debs(count: int, extra: int | None = None) -> list[Artifact]:
     return out
 
 
-def packages(arts: list[Artifact], blocks: BlockCache | None) -> tuple[bytes, bytes]:
+def packages(arts: list[Artifact], blocks: BlockCache | None) -> tuple[bytes, bytes, bytes]:
     out = AptJob(arts, Config(), blocks).finish(Unsigned(), WHEN)  # type: ignore[arg-type]
-    return out.mutable[f"{FOLDER}/Packages"], out.mutable[f"{FOLDER}/Packages.xz"]
+    return (out.mutable[f"{FOLDER}/Packages"], out.mutable[f"{FOLDER}/Packages.xz"],
+            out.mutable[f"{FOLDER}/Packages.gz"])
 
 
-def readable(tmp_path: Path, packed: bytes, plain: bytes) -> None:
-    """xz's own test, and apt's own decompressor, read it back as the Packages file."""
-    path = tmp_path / "Packages.xz"
+def readable(tmp_path: Path, packed: bytes, plain: bytes, name: str = "Packages.xz") -> None:
+    """xz's or gzip's own test, and apt's own decompressor, read it back as the Packages
+    file."""
+    path = tmp_path / name
     path.write_bytes(packed)
-    assert lzma.decompress(packed) == plain
-    if shutil.which("xz"):
-        subprocess.run(["xz", "--test", str(path)], check=True)
+    if name.endswith(".xz"):
+        assert lzma.decompress(packed) == plain
+        if shutil.which("xz"):
+            subprocess.run(["xz", "--test", str(path)], check=True)
+    else:
+        assert gzip.decompress(packed) == plain
+        subprocess.run(["gzip", "--test", str(path)], check=True)
+        zcat = subprocess.run(["gzip", "-dc", str(path)], capture_output=True, check=True)
+        assert zcat.stdout == plain
     if APT_HELPER.exists():
         read = subprocess.run([str(APT_HELPER), "cat-file", str(path)], capture_output=True,
                               check=True).stdout
@@ -72,27 +82,32 @@ def readable(tmp_path: Path, packed: bytes, plain: bytes) -> None:
 def test_a_package_more_compresses_one_block_and_writes_the_same_bytes(tmp_path: Path) -> None:
     folder = tmp_path / "blocks"
     first = BlockCache(folder)
-    plain, packed = packages(debs(6000), first)
+    plain, packed, packed_gz = packages(debs(6000), first)
     count = len(xz.cut(plain))
-    assert count >= 8 and (first.made, first.reused) == (count, 0)
-    assert len(os.listdir(folder)) == count
+    assert count >= 8 and (first.made, first.reused) == (2 * count, 0)
+    assert len(os.listdir(folder)) == 2 * count  # a block and a segment per part
     readable(tmp_path, packed, plain)
+    readable(tmp_path, packed_gz, plain, "Packages.gz")
+    assert len(packed_gz) < 1.03 * len(gzip_bytes(plain))  # as gzip -9 of the whole, nearly
 
     again = BlockCache(folder)
-    plain2, packed2 = packages(debs(6000, extra=99999), again)  # sorts in the middle
-    assert plain2 != plain and again.made <= 2 and again.reused >= count - 2
-    assert packed2 == packages(debs(6000, extra=99999), None)[1]  # as without kept blocks
+    plain2, packed2, packed2_gz = packages(debs(6000, extra=99999), again)  # in the middle
+    assert plain2 != plain and again.made <= 4 and again.reused >= 2 * count - 4
+    assert (packed2, packed2_gz) == packages(debs(6000, extra=99999), None)[1:]  # as without
     readable(tmp_path, packed2, plain2)
-    again.prune()  # the replaced block goes; those in use stay
-    assert len(os.listdir(folder)) == len(xz.cut(plain2))
+    readable(tmp_path, packed2_gz, plain2, "Packages.gz")
+    again.prune()  # the replaced block and segment go; those in use stay
+    assert len(os.listdir(folder)) == 2 * len(xz.cut(plain2))
 
 
+@pytest.mark.parametrize("suffix", [".xzb", ".gzs"])
 @pytest.mark.parametrize("damage", ["garbage", "swapped", "cut", "empty"])
-def test_a_damaged_kept_block_is_compressed_again(tmp_path: Path, damage: str) -> None:
+def test_a_damaged_kept_block_is_compressed_again(tmp_path: Path, damage: str,
+                                                  suffix: str) -> None:
     folder = tmp_path / "blocks"
-    plain, packed = packages(debs(6000), BlockCache(folder))
+    plain, packed, packed_gz = packages(debs(6000), BlockCache(folder))
     names = sorted(os.listdir(folder))
-    first, second = folder / names[0], folder / names[1]
+    first, second = (folder / name for name in [n for n in names if n.endswith(suffix)][:2])
     if damage == "garbage":
         first.write_bytes(os.urandom(first.stat().st_size))
     elif damage == "swapped":  # a valid block, but of other bytes than its name says
@@ -104,18 +119,19 @@ def test_a_damaged_kept_block_is_compressed_again(tmp_path: Path, damage: str) -
     else:
         first.write_bytes(b"")
     again = BlockCache(folder)
-    assert packages(debs(6000), again) == (plain, packed)
+    assert packages(debs(6000), again) == (plain, packed, packed_gz)
     assert again.made == (2 if damage == "swapped" else 1)
     assert again.reused == len(names) - again.made
     readable(tmp_path, packed, plain)
+    readable(tmp_path, packed_gz, plain, "Packages.gz")
 
 
 def test_disabled_kept_blocks_are_neither_read_nor_written(tmp_path: Path) -> None:
     folder = tmp_path / "blocks"
-    plain, packed = packages(debs(6000), BlockCache(folder))
+    plain, packed, packed_gz = packages(debs(6000), BlockCache(folder))
     off = BlockCache(folder, enabled=False)
-    assert packages(debs(6000), off) == (plain, packed)
-    assert off.reused == 0 and off.made == len(xz.cut(plain))
+    assert packages(debs(6000), off) == (plain, packed, packed_gz)
+    assert off.reused == 0 and off.made == 2 * len(xz.cut(plain))
 
 
 def test_rebuild_uses_kept_blocks_and_apt_reads_the_result(
@@ -133,9 +149,9 @@ def test_rebuild_uses_kept_blocks_and_apt_reads_the_result(
     kept = out / ".repobuild" / "xz-blocks"
 
     def blocks_of_packages() -> set[str]:
-        return {hashlib.sha256(p).hexdigest() + ".xzb"
+        return {hashlib.sha256(p).hexdigest() + suffix
                 for index in (out / "dists").rglob("Packages")
-                for p in xz.cut(index.read_bytes())}
+                for p in xz.cut(index.read_bytes()) for suffix in (".xzb", ".gzs")}
 
     rb.build(src, out, DEMO_KEYS, Config())
     assert len(blocks_of_packages()) >= 3 and set(os.listdir(kept)) == blocks_of_packages()
@@ -143,22 +159,26 @@ def test_rebuild_uses_kept_blocks_and_apt_reads_the_result(
     rb.build(src, out, DEMO_KEYS, Config())
     assert set(os.listdir(kept)) == blocks_of_packages()
     packed = (out / FOLDER / "Packages.xz").read_bytes()
+    packed_gz = (out / FOLDER / "Packages.gz").read_bytes()
     readable(tmp_path, packed, (out / FOLDER / "Packages").read_bytes())
+    readable(tmp_path, packed_gz, (out / FOLDER / "Packages").read_bytes(), "Packages.gz")
     fresh = tmp_path / "fresh"
     rb.build(src, fresh, DEMO_KEYS, Config(), rehash=True)
     assert (fresh / FOLDER / "Packages.xz").read_bytes() == packed
+    assert (fresh / FOLDER / "Packages.gz").read_bytes() == packed_gz
 
     if not have_apt():
         pytest.skip("apt-get is not installed on this machine")
-    served = shutil.copytree(out, tmp_path / "served")
-    for index in (served / "dists").rglob("Packages*"):  # only .xz is left for apt to take
-        if index.name != "Packages.xz":
-            by_hash = index.parent / "by-hash" / "SHA256" / hashlib.sha256(
-                index.read_bytes()).hexdigest()
-            index.unlink()
-            by_hash.unlink()
-    with http_server(served) as server:
-        apt = make_apt(tmp_path / "apt", server.url, served / "keys" / "repo.gpg")
-        update = apt.update()
-        assert update.returncode == 0, update.stdout + update.stderr
-        assert apt.versions("rbdemo-new") == ["3.0-1"]
+    for only in ("Packages.xz", "Packages.gz"):  # apt has only that one to take
+        served = shutil.copytree(out, tmp_path / f"served-{only}")
+        for index in (served / "dists").rglob("Packages*"):
+            if index.name != only:
+                by_hash = index.parent / "by-hash" / "SHA256" / hashlib.sha256(
+                    index.read_bytes()).hexdigest()
+                index.unlink()
+                by_hash.unlink()
+        with http_server(served) as server:
+            apt = make_apt(tmp_path / f"apt-{only}", server.url, served / "keys" / "repo.gpg")
+            update = apt.update()
+            assert update.returncode == 0, update.stdout + update.stderr
+            assert apt.versions("rbdemo-new") == ["3.0-1"], only
