@@ -58,6 +58,7 @@ from repobuild.pyrepo import (
 )
 from repobuild.scan import ScanAhead, SourceFile, scan_source
 from repobuild.signing.cosign import public_key_hint
+from repobuild.signing.gpg import DetachedSignature
 from repobuild.store import SURVEY_FILE, OutTree, survey
 from repobuild.templating import keep_compiled, render_large
 from repobuild.trust import KEYLESS_BUNDLE
@@ -782,14 +783,13 @@ def build(
         index_tmp = tree.temp_path()
         index_hash = hashlib.sha256()
         index_fh = stack.enter_context(open(index_tmp, "wb"))
-        # and signed by gpg as it is written: gpg hashes each piece as it comes
-        index_sig = keys.gpg.sign_stream()
-        stack.callback(index_sig.abort)  # a no-op once the signature is finished
+        index_sig: list[DetachedSignature] = []  # gpg's, fed from the apt signatures on
 
         def write(piece: bytes) -> None:
             index_hash.update(piece)
             index_fh.write(piece)
-            index_sig.write(piece)
+            for signature in index_sig:
+                signature.write(piece)
 
         index = manifest.IndexWriter(write, version=version, generated=now, expires=expires,
                                      meta={"origin": config.origin, "label": config.label,
@@ -798,6 +798,15 @@ def build(
         provenance = _start_link(keys, arts, layout_job.result())
         apt = apt_job.finish(keys.gpg, now)
         del apt_job
+        # index.json is signed by gpg as it is written: gpg hashes each piece as it comes, and
+        # the signature is ready soon after the last. Started once Release is signed: two gpg
+        # at work through one agent failed a signature once (see the history of aptrepo.py).
+        index_sig.append(keys.gpg.sign_stream())
+        stack.callback(index_sig[0].abort)  # a no-op once the signature is finished
+        index_fh.flush()
+        with open(index_tmp, "rb") as written:  # what came before: the artifacts
+            while chunk := written.read(1 << 20):
+                index_sig[0].write(chunk)
         for path, data in apt.by_hash.items():
             stage(path, data, immutable)
         for path, data in apt.mutable.items():
@@ -845,7 +854,7 @@ def build(
 
         index.files(listed)
         index_fh.close()
-        signatures = _sign_index(keys, index_tmp, index_hash.digest(), index_sig.finish())
+        signatures = _sign_index(keys, index_tmp, index_hash.digest(), index_sig[0].finish())
         errors: list[str] = []
         if sigstore:
             from repobuild.signing.keyless import KeylessError, sign_keyless
