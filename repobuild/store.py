@@ -235,9 +235,11 @@ def survey(root: str, expected: list[str],
     With ``keep_listings``, the walk keeps the listing of each folder in
     :data:`SURVEY_FILE` with the folder's stamp (mtime, ctime, inode), and a folder whose stamp
     is still the recorded one is not listed again: creating, removing or renaming an entry
-    sets its folder's ctime, which no one can set back. A folder changed less than
-    :data:`SETTLED_NS` before it was listed is not recorded: a change made right after the
-    listing could leave it with the same stamp (the file system's clock ticks coarsely). At
+    sets its folder's ctime, which no one can set back. The stamp recorded is the one taken
+    before the listing, so a change made since has a later ctime; but a folder changed less
+    than :data:`SETTLED_NS` before the walk began is not recorded, as a change made right
+    after its stamp was taken could leave it the same (the file system's clock ticks
+    coarsely). At
     10,000 artifacts OUT has ~15,000 folders: listing them all cost ~0.15 s of CPU at every
     build, their stamps a fraction of it."""
     state = f"{root}/{STATE_DIR}"
@@ -262,8 +264,9 @@ def survey(root: str, expected: list[str],
         if (type(hit) is tuple and len(hit) == 5 and hit[0] == st.st_mtime_ns
                 and hit[1] == st.st_ctime_ns and hit[2] == st.st_ino
                 and type(hit[3]) is str and type(hit[4]) is str):
-            files = hit[3].split("\0") if hit[3] else []
-            folders = hit[4].split("\0") if hit[4] else []
+            prefix = folder + "/" if folder else ""
+            files = [prefix + name for name in hit[3].split("\0")] if hit[3] else []
+            folders = [prefix + name for name in hit[4].split("\0")] if hit[4] else []
             record[folder] = hit
         else:
             changed = True
@@ -271,9 +274,12 @@ def survey(root: str, expected: list[str],
             if listing is None:
                 continue
             files, folders = listing
-            if st.st_ctime_ns < settled and _same_stamp(path, st):
+            # the stamp taken before the listing: a change made since has a later ctime
+            if st.st_ctime_ns < settled:
+                cut = len(folder) + 1 if folder else 0  # names kept without their folder
                 record[folder] = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
-                                  "\0".join(files), "\0".join(folders))
+                                  "\0".join([f[cut:] for f in files]),
+                                  "\0".join([f[cut:] for f in folders]))
         for file in files:
             if file in missing:
                 missing.discard(file)
@@ -285,23 +291,14 @@ def survey(root: str, expected: list[str],
     return others, missing
 
 
-#: a folder's stamp (mtime, ctime, inode) and its files and subfolders, each NUL-separated
-#: (no name holds a NUL): one string per folder loads in a fraction of the time of a list
+#: a folder's stamp (mtime, ctime, inode) and the names of its files and subfolders, each
+#: NUL-separated (no name holds a NUL): one string per folder loads in a fraction of the time
+#: of a list
 _Listing = tuple[int, int, int, str, str]
 SURVEY_FILE = "survey.bin"
 #: how long ago a folder must have changed for its listing to be recorded (see survey)
 SETTLED_NS = 1_000_000_000
-_SURVEY_FORMAT = ("repobuild-survey", 2)
-
-
-def _same_stamp(path: str, before: os.stat_result) -> bool:
-    """Whether the folder kept its stamp while it was listed."""
-    try:
-        after = os.stat(path)
-    except OSError:
-        return False
-    return (after.st_mtime_ns, after.st_ctime_ns, after.st_ino) == (
-        before.st_mtime_ns, before.st_ctime_ns, before.st_ino)
+_SURVEY_FORMAT = ("repobuild-survey", 3)
 
 
 def _read_listings(state: str) -> dict[str, Any]:
