@@ -52,8 +52,10 @@ from repobuild.pyrepo import (
     PageRow,
     Project,
     forget_known,
+    pack_projects,
     page_paths,
     renderer_version,
+    stage_packed_pages,
     stage_project_pages,
 )
 from repobuild.scan import ScanAhead, SourceFile, scan_source
@@ -354,8 +356,8 @@ def _stage_pages(
     for start in range(0, len(projects), PAGE_BATCH):
         batch = projects[start:start + PAGE_BATCH]
         if workers.count:
-            jobs.append(workers.submit(stage_project_pages, root, batch, known_in,
-                                       renderer).result)
+            jobs.append(workers.submit(stage_packed_pages, root, pack_projects(batch),
+                                       known_in, renderer).result)
         else:
             done = stage_project_pages(root, batch, known_in, renderer)
             jobs.append(lambda done=done: done)  # type: ignore[misc]

@@ -20,8 +20,9 @@ import json
 import marshal
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -61,19 +62,33 @@ def renderer_version() -> str:
     return h.hexdigest()
 
 
-def project_key(renderer: str, name: str, files: list[SimpleFile]) -> str:
-    """SHA-256 over the renderer and every field of the project's files, JSON-encoded (so no
-    two different inputs can encode alike)."""
-    fields = [[f.filename, f.url, f.sha256, f.size, f.upload_time, f.requires_python,
-               f.yanked, f.metadata_sha256, f.version] for f in files]
-    return hashlib.sha256(_KEY_JSON([renderer, name, fields]).encode()).hexdigest()
+def project_key(renderer: str, name: str, files: Sequence[tuple[Any, ...]]) -> str:
+    """SHA-256 over the renderer and every field of the project's files (SimpleFile, or its
+    plain tuple: the same JSON array, its fields in order), JSON-encoded (so no two different
+    inputs can encode alike)."""
+    return hashlib.sha256(_KEY_JSON([renderer, name, files]).encode()).hexdigest()
 
 
 _KEY_JSON = json.JSONEncoder(separators=(",", ":")).encode
 
 
+def pack_projects(projects: list[Project]) -> bytes:
+    """Projects as the workers take them (:func:`stage_packed_pages`): marshal of plain
+    tuples. Pickling 5,000 projects' SimpleFiles took ~15 ms of the build's process (a named
+    tuple pickles through a Python method per file), and unpickling as long in the workers."""
+    return marshal.dumps([(name, [tuple(f) for f in files]) for name, files in projects], 4)
+
+
+def stage_packed_pages(
+    root: str, packed: bytes, known_in: str | None = None, renderer: str = "",
+) -> tuple[bytes, list[PageRow]]:
+    """:func:`stage_project_pages` of :func:`pack_projects`'s bytes (in a worker)."""
+    return stage_project_pages(root, marshal.loads(packed), known_in, renderer)
+
+
 def stage_project_pages(
-    root: str, projects: list[Project], known_in: str | None = None, renderer: str = "",
+    root: str, projects: Sequence[tuple[str, Sequence[tuple[Any, ...]]]],
+    known_in: str | None = None, renderer: str = "",
 ) -> tuple[bytes, list[PageRow]]:
     """Render the pages of these projects and write them aside in OUT (run in a worker
     process, so that pages are rendered and written in parallel with the rest of a build).
@@ -95,7 +110,7 @@ def stage_project_pages(
             if json_stamp is not None:
                 rows.append((name, *hit[:5], html_stamp, json_stamp))
                 continue
-        html, data = render_project(name, files)
+        html, data = render_project(name, [SimpleFile._make(f) for f in files])
         pages.append((html_rel, html))
         pages.append((json_rel, data))
         # stamped when the next build hashes them: renamed into place, they change

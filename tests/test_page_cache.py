@@ -9,6 +9,8 @@ and the tree comes out as a build from scratch makes it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import marshal
 import os
 import shutil
@@ -129,6 +131,43 @@ def test_recorded_pages_cover_the_same_key_only(tmp_path: Path) -> None:
     assert pyrepo.project_key(r, "a", changed) != key, "yanking must change the key"
     assert pyrepo.project_key(r, "b", files) != key
     assert pyrepo.project_key("1" * 64, "a", files) != key
+    # the key of the files' plain tuples (as the workers get them) is the same, and is the
+    # JSON of every field, in order (the records of earlier builds stay valid)
+    assert pyrepo.project_key(r, "a", [tuple(f) for f in files]) == key
+    fields = [[f.filename, f.url, f.sha256, f.size, f.upload_time, f.requires_python,
+               f.yanked, f.metadata_sha256, f.version] for f in files]
+    assert key == hashlib.sha256(json.dumps([r, "a", fields], separators=(",", ":")).encode()
+                                 ).hexdigest()
+
+
+def test_packed_projects_stage_the_same_pages(tmp_path: Path) -> None:
+    """What the workers get (marshal of plain tuples) renders and records the same pages as
+    the projects themselves, rendered or taken from the record."""
+    files = [pyrepo.SimpleFile(f"a-{v}-py3-none-any.whl", f"../../blobs/{v}", f"{v}" * 64, 10,
+                               "2026-01-01T00:00:00Z", ">=3.9" if v == 1 else None,
+                               "bad" if v == 2 else None, "e" * 64 if v == 3 else None,
+                               f"{v}.0") for v in (1, 2, 3)]
+    projects = [("a", files), ("b", files[:1])]
+    r = pyrepo.renderer_version()
+    for out, stage in (
+        (tmp_path / "plain", lambda root: pyrepo.stage_project_pages(root, projects, None, r)),
+        (tmp_path / "packed", lambda root: pyrepo.stage_packed_pages(
+            root, pyrepo.pack_projects(projects), None, r)),
+    ):
+        (out / ".repobuild" / "tmp").mkdir(parents=True)
+        for shard in "0123456789abcdef":
+            (out / ".repobuild" / "tmp" / shard).mkdir()
+        record, rows = stage(str(out))
+        assert [row[0] for row in rows] == ["a", "b"]
+        writer = pyrepo.KnownWriter(out / "record.tmp", r)
+        writer.add_entries(record)
+        writer.land(out / ".repobuild")
+    pages = simple_pages(tmp_path / "plain")
+    assert sorted(pages) == ["simple/a/index.html", "simple/a/index.json",
+                             "simple/b/index.html", "simple/b/index.json"]
+    assert pages == simple_pages(tmp_path / "packed")
+    assert (pyrepo.load_known(tmp_path / "plain" / ".repobuild", r)
+            == pyrepo.load_known(tmp_path / "packed" / ".repobuild", r))
 
 
 def test_a_page_is_read_once_then_known_by_its_stamp_and_any_write_shows(
