@@ -27,8 +27,15 @@ from repobuild.model import Artifact
 
 CACHE_FILE = "cache.bin"
 OLD_FILES = ("cache.json",)  # earlier formats' files, removed when the cache is saved
-CACHE_FORMAT = 5  # marshal frames of [path, entry] (4 was one JSON list per file)
+#: marshal frames of [path, entry], a later one for a path replacing an earlier one and an
+#: entry of None dropping it, so that a build that changed a few entries appends them (6; 5
+#: was the same without None entries and is read as well; 4 was one JSON list per file)
+CACHE_FORMAT = 6
 _MAGIC = b"repobuild-cache\n%d %d\n" % (CACHE_FORMAT, marshal.version)
+_READ_MAGICS = (_MAGIC, b"repobuild-cache\n5 %d\n" % marshal.version)
+#: a file holding more than twice as many entries as are current (and this many more) is
+#: written anew instead of appended to
+_SLACK = 1024
 _FRAME = struct.Struct("<I")  # the length of the marshal data that follows
 FRAME_ENTRIES = 4096
 
@@ -87,10 +94,16 @@ class BuildCache:
         self.fresh: dict[str, list[Any]] = {}
         self._loaded = -1  # entries in the file (-1: no usable file)
         self._hits = 0  # lookups answered from it
+        self._written = 0  # entries written in the file, replaced and dropped ones included
+        self._appendable = False  # the file is whole and of this format: changes go at its end
+        self._dropped: set[str] = set()  # in the file, but no longer vouched for
+        self._recorded: list[str] = []  # entries made by this build
         if enabled:
             try:
-                self.entries = read_entries(self.path.read_bytes())
+                data = self.path.read_bytes()
+                self.entries, self._written, whole = _read(data)
                 self._loaded = len(self.entries)
+                self._appendable = whole and data.startswith(_MAGIC)
             except (OSError, ValueError, EOFError, TypeError, struct.error):
                 self.entries = {}
 
@@ -104,11 +117,14 @@ class BuildCache:
         try:
             if (entry[0] != size or entry[1] != mtime_ns or entry[2] != ctime_ns
                     or entry[3] != inode):
+                self._dropped.add(rel)
                 return None
             if sha512 and not entry[_SHA512]:
+                self._dropped.add(rel)
                 return None
             art = _decode(rel, entry)
         except (IndexError, KeyError, TypeError, ValueError):
+            self._dropped.add(rel)
             return None
         self.fresh[rel] = entry
         self._hits += 1
@@ -122,18 +138,39 @@ class BuildCache:
     def forget(self, rel: str) -> None:
         if self.fresh.pop(rel, None) is not None:
             self._hits -= 1
+            self._dropped.add(rel)
 
     def record(self, art: Artifact, stamp: Stamp, metadata_size: int | None) -> None:
         self.fresh[art.path] = _encode(art, stamp, metadata_size)
+        self._recorded.append(art.path)
 
     def save(self, tmp: Path) -> None:
+        """The entries for the next build: the changes appended to the file, or the file
+        written anew (then through ``tmp``) when it is not whole, of an earlier format, or
+        would hold too many replaced entries."""
         if self.loaded_unchanged():
             return  # the same entries as on disk: nothing to write
+        changes: dict[str, list[Any] | None] = {
+            rel: None for rel in (*self.entries, *self._dropped) if rel not in self.fresh}
+        for rel in self._recorded:
+            if rel in self.fresh:
+                changes[rel] = self.fresh[rel]
+        for name in OLD_FILES:
+            (self.path.parent / name).unlink(missing_ok=True)
+        if (self.enabled and self._appendable and self._loaded >= 0
+                and 2 * len(changes) <= len(self.fresh) + _SLACK
+                and self._written + len(changes) <= 2 * len(self.fresh) + _SLACK):
+            try:
+                with open(self.path, "ab") as fh:
+                    _write_frames(fh.write, sorted(changes.items()))
+                self._written += len(changes)
+                return
+            except OSError:
+                pass  # written anew below
         with open(tmp, "wb") as fh:
             write_entries(fh.write, self.fresh)
         os.replace(tmp, self.path)
-        for name in OLD_FILES:
-            (self.path.parent / name).unlink(missing_ok=True)
+        self._written, self._appendable = len(self.fresh), True
 
     def loaded_unchanged(self) -> bool:
         """Every entry came from the file as it was and none is left over."""
@@ -144,8 +181,12 @@ class BuildCache:
 def write_entries(write: Callable[[bytes], object], entries: dict[str, list[Any]]) -> None:
     """A cache file of these entries, in path order, frame by frame: one marshal of 100,000
     entries would hold ~40 MB at once."""
-    items = sorted(entries.items())
     write(_MAGIC)
+    _write_frames(write, sorted(entries.items()))
+
+
+def _write_frames(write: Callable[[bytes], object],
+                  items: list[tuple[str, list[Any] | None]]) -> None:
     for start in range(0, len(items), FRAME_ENTRIES):
         frame = marshal.dumps(items[start:start + FRAME_ENTRIES], 4)
         write(_FRAME.pack(len(frame)))
@@ -154,22 +195,40 @@ def write_entries(write: Callable[[bytes], object], entries: dict[str, list[Any]
 
 def read_entries(data: bytes) -> dict[str, list[Any]]:
     """The entries of a cache file; ValueError when it is not one of this format."""
-    if not data.startswith(_MAGIC):
+    return _read(data)[0]
+
+
+def _read(data: bytes) -> tuple[dict[str, list[Any]], int, bool]:
+    """The entries of a cache file, how many were written in it (replaced and dropped ones
+    included), and whether it is whole: a frame cut short at its end (an append that did not
+    finish) is left out, and what came before it stands (an entry replaced there is stale
+    anyway: its stamp is no longer the file's). ValueError when it is not a cache file."""
+    magic = next((m for m in _READ_MAGICS if data.startswith(m)), None)
+    if magic is None:
         raise ValueError("not a cache file of this format")
     entries: dict[str, list[Any]] = {}
+    written = 0
     view = memoryview(data)
-    at = len(_MAGIC)
+    at = len(magic)
     while at < len(data):
+        if at + _FRAME.size > len(data):
+            return entries, written, False
         (size,) = _FRAME.unpack_from(data, at)
         at += _FRAME.size
         if at + size > len(data):
-            raise ValueError("cut short")
+            return entries, written, False
         frame = marshal.loads(view[at:at + size])
         at += size
         if type(frame) is not list:
             raise ValueError("not a frame of entries")
         for rel, entry in frame:
-            if type(rel) is not str or type(entry) is not list:
+            if type(rel) is not str:
                 raise ValueError("not an entry")
-            entries[rel] = entry
-    return entries
+            if entry is None:
+                entries.pop(rel, None)
+            elif type(entry) is list:
+                entries[rel] = entry
+            else:
+                raise ValueError("not an entry")
+        written += len(frame)
+    return entries, written, True

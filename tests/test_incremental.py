@@ -273,7 +273,7 @@ def test_a_damaged_cache_costs_a_read_and_nothing_else(
     elif damage == "garbage":
         cache_file.write_bytes(os.urandom(len(data)))
     elif damage == "other-format":
-        cache_file.write_bytes(data.replace(b"repobuild-cache\n5 ", b"repobuild-cache\n9 ", 1))
+        cache_file.write_bytes(data.replace(b"repobuild-cache\n6 ", b"repobuild-cache\n9 ", 1))
     else:
         with open(cache_file, "wb") as fh:
             write_entries(fh.write, {rel: [entry] for rel, entry in entries.items()})
