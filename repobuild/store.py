@@ -239,9 +239,8 @@ def survey(root: str, expected: list[str],
     before the listing, so a change made since has a later ctime; but a folder changed less
     than :data:`SETTLED_NS` before the walk began is not recorded, as a change made right
     after its stamp was taken could leave it the same (the file system's clock ticks
-    coarsely). At
-    10,000 artifacts OUT has ~15,000 folders: listing them all cost ~0.15 s of CPU at every
-    build, their stamps a fraction of it."""
+    coarsely). At 10,000 artifacts OUT has ~15,000 folders: listing them all cost ~0.15 s of
+    CPU at every build, their stamps a fraction of it."""
     state = f"{root}/{STATE_DIR}"
     known = _read_listings(state) if keep_listings else {}
     record: dict[str, _Listing] = {}
@@ -263,7 +262,7 @@ def survey(root: str, expected: list[str],
         folders: list[str]
         if (type(hit) is tuple and len(hit) == 5 and hit[0] == st.st_mtime_ns
                 and hit[1] == st.st_ctime_ns and hit[2] == st.st_ino
-                and type(hit[3]) is str and type(hit[4]) is str):
+                and _plain_names(hit[3]) and _plain_names(hit[4])):
             prefix = folder + "/" if folder else ""
             files = [prefix + name for name in hit[3].split("\0")] if hit[3] else []
             folders = [prefix + name for name in hit[4].split("\0")] if hit[4] else []
@@ -299,6 +298,19 @@ SURVEY_FILE = "survey.bin"
 #: how long ago a folder must have changed for its listing to be recorded (see survey)
 SETTLED_NS = 1_000_000_000
 _SURVEY_FORMAT = ("repobuild-survey", 3)
+
+
+def _plain_names(joined: object) -> bool:
+    """Whether a recorded listing's names could be a folder's: no "/", none empty, "." or
+    ".." (the build removes what the walk finds and does not expect: a record edited to
+    name "../x" must not reach outside OUT)."""
+    if type(joined) is not str:
+        return False
+    if not joined:
+        return True
+    wrapped = f"\0{joined}\0"
+    return ("/" not in joined and "\0\0" not in wrapped and "\0.\0" not in wrapped
+            and "\0..\0" not in wrapped)
 
 
 def _read_listings(state: str) -> dict[str, Any]:

@@ -113,7 +113,7 @@ def test_a_folder_changed_just_now_is_not_recorded(tmp_path: Path) -> None:
     assert "blobs/sha256/ab/cd" in listed_folders(root)
 
 
-@pytest.mark.parametrize("damage", [b"", b"junk", b"\x00" * 40, "odd-entries"])
+@pytest.mark.parametrize("damage", [b"", b"junk", b"\x00" * 40, "odd-entries", "escaping"])
 def test_a_damaged_record_means_a_full_walk(tmp_path: Path, settled_now: None,
                                             damage: bytes | str) -> None:
     import marshal
@@ -122,6 +122,15 @@ def test_a_damaged_record_means_a_full_walk(tmp_path: Path, settled_now: None,
     expected = make_out(root)
     full = survey(str(root), expected)
     record = root / STATE_DIR / SURVEY_FILE
+    if damage == "escaping":  # the right stamps, but names that reach out of OUT
+        for folder, names in (("", "../outside\0index.json"), ("dists", "a/../../x"),
+                              ("simple", "ok\0\0"), ("blobs", "..")):
+            st = os.stat(root / folder)
+            record.write_bytes(marshal.dumps((store._SURVEY_FORMAT, {
+                folder: (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, names, "")})))
+            got = survey(str(root), expected, keep_listings=True)
+            assert sorted(got[0]) == sorted(full[0]) and got[1] == full[1], names
+        return
     if damage == "odd-entries":  # the right format, entries of the wrong shapes
         st = os.stat(root)
         stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
