@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import marshal
 import os
+import signal
 import stat
+from contextlib import suppress
 from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple
@@ -123,7 +125,10 @@ class ScanAhead:
         return scan_source(self.source, exclude=self.exclude)
 
     def close(self) -> None:
-        """Stop waiting for the child (a build that failed before it asked for the files)."""
+        """Stop the child (a build that failed before it asked for the files)."""
+        if self._pid:
+            with suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
         self._collect()
 
     def _collect(self) -> bytes | None:
