@@ -17,13 +17,16 @@ import lzma
 import os
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from repobuild.formats import gz, xz
 
 FOLDER = "xz-blocks"
 _SUFFIX = ".xzb"
 _GZ_SUFFIX = ".gzs"  # a kept gzip segment: its bytes as they are
+T = TypeVar("T")
 _HEAD = struct.Struct("<QQ")  # a kept block: its unpadded and uncompressed sizes, then its bytes
 
 
@@ -39,44 +42,30 @@ class BlockCache:
     def block(self, data: bytes) -> xz.Block:
         """``data`` as an xz block (:func:`repobuild.formats.xz.block`): the kept one if it
         holds exactly ``data``, else compressed now and kept. Called from several threads."""
-        name = hashlib.sha256(data).hexdigest() + _SUFFIX
-        path = self.folder / name
-        with self._lock:
-            self._used.add(name)
-        if self.enabled:
-            kept = _read(path, data)
-            if kept is not None:
-                with self._lock:
-                    self.reused += 1
-                return kept
-        made = xz.block(data)
-        with self._lock:
-            self.made += 1
-        if self.enabled:
-            _write(path, made)
-        return made
+        return self._kept_or_made(data, _SUFFIX, _read, xz.block, _write)
 
     def segment(self, data: bytes) -> bytes:
         """``data`` as a gzip segment (:func:`repobuild.formats.gz.segment`): the kept one if
         it inflates to exactly ``data``, else compressed now and kept."""
-        name = hashlib.sha256(data).hexdigest() + _GZ_SUFFIX
+        return self._kept_or_made(data, _GZ_SUFFIX, _read_segment, gz.segment, _keep)
+
+    def _kept_or_made(self, data: bytes, suffix: str, read: Callable[[Path, bytes], T | None],
+                      make: Callable[[bytes], T], write: Callable[[Path, T], None]) -> T:
+        name = hashlib.sha256(data).hexdigest() + suffix
         path = self.folder / name
         with self._lock:
             self._used.add(name)
         if self.enabled:
-            try:
-                kept: bytes | None = path.read_bytes()
-            except OSError:
-                kept = None
-            if kept is not None and gz.inflate(kept) == data:
+            kept = read(path, data)
+            if kept is not None:
                 with self._lock:
                     self.reused += 1
                 return kept
-        made = gz.segment(data)
+        made = make(data)
         with self._lock:
             self.made += 1
         if self.enabled:
-            _keep(path, made)
+            write(path, made)
         return made
 
     def prune(self) -> None:
@@ -102,6 +91,14 @@ def _read(path: Path, data: bytes) -> xz.Block | None:
     except (OSError, struct.error, lzma.LZMAError, ValueError, IndexError):
         return None
     return block
+
+
+def _read_segment(path: Path, data: bytes) -> bytes | None:
+    try:
+        kept = path.read_bytes()
+    except OSError:
+        return None
+    return kept if gz.inflate(kept) == data else None
 
 
 def _write(path: Path, block: xz.Block) -> None:
