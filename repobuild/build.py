@@ -780,8 +780,8 @@ def build(
         # index.json's artifacts and the in-toto link's materials depend on nothing still to
         # come: written while the apt indices compress and the workers finish the pages.
         # index.json is written to a file as it is rendered (~70 MB at 100,000 artifacts),
-        # hashed meanwhile, signed from the file and its digest, and renamed into place when
-        # its turn comes.
+        # hashed meanwhile (cosign signs the digest), and renamed into place when its turn
+        # comes.
         index_tmp = tree.temp_path()
         index_hash = hashlib.sha256()
         index_fh = stack.enter_context(open(index_tmp, "wb"))
@@ -802,7 +802,7 @@ def build(
         del apt_job
         # index.json is signed by gpg as it is written: gpg hashes each piece as it comes, and
         # the signature is ready soon after the last. Started once Release is signed: two gpg
-        # at work through one agent failed a signature once (see the history of aptrepo.py).
+        # at work through one agent failed a signature once (0e6cf49).
         index_sig.append(keys.gpg.sign_stream())
         stack.callback(index_sig[0].abort)  # a no-op once the signature is finished
         index_fh.flush()
