@@ -3,6 +3,7 @@ full walk gives, whatever changed in between; a folder changed too recently is l
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -163,3 +164,39 @@ def test_random_changes_between_walks(tmp_path: Path, settled_now: None) -> None
             shutil.rmtree(victim, ignore_errors=True)
         time.sleep(TICK)
         both(root, expected + paths[:5])
+
+
+@pytest.mark.parametrize("workers", ["0", "2"], ids=["in-process", "worker-processes"])
+def test_builds_with_kept_listings_still_restore_and_prune(
+        tmp_path: Path, settled_now: None, monkeypatch: pytest.MonkeyPatch,
+        workers: str) -> None:
+    """Through whole builds whose walk of OUT uses the kept listings: a blob deleted by hand
+    is put back and files dropped into OUT (a blob's folder among them) are pruned, exactly
+    as with a full walk."""
+    import repobuild.build as rb
+    from repobuild.config import Config
+    from tests.clients import DEMO_KEYS, FIXTURES
+
+    monkeypatch.setenv("REPOBUILD_WORKERS", workers)
+    src = shutil.copytree(FIXTURES, tmp_path / "release")
+    out = tmp_path / "out"
+    rb.build(src, out, DEMO_KEYS, Config())
+    time.sleep(TICK)
+    rb.build(src, out, DEMO_KEYS, Config())  # the first walk: every folder recorded
+    assert any(f.startswith("blobs/sha256/") for f in listed_folders(out))
+    index = json.loads((out / "index.json").read_bytes())
+    blob = next(a["blob"] for a in index["artifacts"] if a["kind"] == "deb")
+    data = (out / blob).read_bytes()
+    time.sleep(TICK)
+    (out / blob).unlink()
+    strays = [f"{blob}.stray", "stray.txt", "simple/stray.html"]
+    for rel in strays:
+        (out / rel).write_text("stray")
+    time.sleep(TICK)
+    result = rb.build(src, out, DEMO_KEYS, Config())
+    assert (out / blob).read_bytes() == data
+    assert not any((out / rel).exists() for rel in strays)
+    assert result.removed == len(strays)
+    time.sleep(TICK)
+    again = rb.build(src, out, DEMO_KEYS, Config())
+    assert again.removed == 0 and again.new_blobs == 0
