@@ -335,8 +335,9 @@ def test_a_control_character_among_many_gives_securesystemslib_canonical_json(
     from securesystemslib.formats import encode_canonical
 
     many = _many(5000) | {"odd\x01name/x": "6" * 64, "tab\there": "7" * 64}
+    # with odd products, the clean materials (written early, not kept) are read back
     entries = {"materials": many, "products": {}} if where == "materials" else {
-        "materials": {}, "products": many}
+        "materials": dict(list(_many(300).items())[::-1]), "products": many}
     _, link = intoto.make_link(keys.builder_key, command=["x"], **entries)
     doc = json.loads(link)  # the file is JSON (in-toto writes it with json.dumps too)
     want = {"_type": "link", "byproducts": {}, "command": ["x"], "environment": {},

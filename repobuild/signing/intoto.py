@@ -441,17 +441,22 @@ class LinkWriter:
                  step: str = BUILD_STEP) -> None:
         self._signer = _signer(builder_private_pem)
         self._command, self._step = list(command), step
+        self._given = self._done = False
+        # the materials, kept only where the whole link goes through the exact encoder; else
+        # they are in the canonical bytes so far (100,000 of them are ~10 MB as a mapping)
         self._materials: Mapping[str, str] | None = None
         self._out: bytearray | None = None  # the canonical bytes so far, when plain
+        self._span = (0, 0)  # where the materials' object stands in them
         self._reserve = 0
 
     def materials(self, materials: Mapping[str, str]) -> None:
-        if self._materials is not None:
+        if self._given:
             raise RuntimeError("the materials are given once")
-        self._materials = materials
+        self._given = True
         paths = sorted(materials)
         if _any_control(paths) or any(_CONTROL.search(s) for s in (*self._command, self._step)):
-            return  # the whole link goes through the exact encoder (products())
+            self._materials = materials  # the whole link goes through the exact encoder
+            return
         # at 100,000 products the link is ~50 MB: written straight as canonical bytes, never
         # held as a dict of dicts and then as a string as well
         # room is kept in front for the document's head, whose length is known (an Ed25519
@@ -462,7 +467,9 @@ class LinkWriter:
         out.extend(b'{"_type":"link","byproducts":{},"command":')
         out.extend(json.dumps(self._command, ensure_ascii=False, separators=(",", ":")).encode())
         out.extend(b',"environment":{},"materials":')
+        start = len(out)
         _artifact_object(out, paths, materials, "material")
+        self._span = (start, len(out))
         out.extend(b',"name":')
         out.extend(_encode_text(self._step))
         out.extend(b',"products":')
@@ -470,8 +477,11 @@ class LinkWriter:
 
     def products(self, products: Mapping[str, str]) -> tuple[str, bytes | bytearray]:
         """The link's file name and bytes, signed."""
-        if self._materials is None:
+        if not self._given:
             raise RuntimeError("the materials come first")
+        if self._done:
+            raise RuntimeError("the link is signed already")
+        self._done = True
         product_paths = sorted(products)
         if self._step == BUILD_STEP:
             _refuse_reserved(product_paths)
@@ -484,13 +494,19 @@ class LinkWriter:
             out.extend(b"}")
             signed_bytes, reserve = out, self._reserve
         else:  # _artifacts checks each entry
+            materials = self._materials
+            if materials is None:  # clean materials, odd products: read back from their bytes
+                assert out is not None
+                start, end = self._span
+                materials = {path: entry["sha256"]
+                             for path, entry in json.loads(out[start:end]).items()}
             del out
             signed_bytes, reserve = _canonical_bytes({
                 "_type": "link",
                 "byproducts": {},
                 "command": self._command,
                 "environment": {},
-                "materials": _artifacts(self._materials, "material"),
+                "materials": _artifacts(materials, "material"),
                 "name": self._step,
                 "products": _artifacts(products, "product"),
             }), 0
