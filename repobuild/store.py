@@ -318,7 +318,9 @@ def _read_listings(state: str) -> dict[str, Any]:
     entry is checked where it is used)."""
     try:
         with open(f"{state}/{SURVEY_FILE}", "rb") as fh:
-            doc = marshal.load(fh)
+            # loads of the whole file: marshal.load from a file object reads object by
+            # object through it, ~6 × slower (66 ms against 10 ms at 15,000 folders)
+            doc = marshal.loads(fh.read())
     except (OSError, EOFError, ValueError, TypeError):
         return {}
     if (type(doc) is not tuple or len(doc) != 2 or doc[0] != _SURVEY_FORMAT
