@@ -367,16 +367,30 @@ def _stage_pages(
 
 
 def _survey_later(
-    tree: OutTree, arts: list[Artifact], workers: Workers
+    tree: OutTree, arts: list[Artifact], workers: Workers, ahead: ScanAhead | None = None,
 ) -> Callable[[], tuple[list[str], set[str]]]:
-    """OUT walked by a worker (:func:`repobuild.store.survey`) while this process renders."""
-    expected = [art.blob for art in arts]
-    expected += [art.blob + ".metadata" for art in arts if art.kind == "wheel"]
+    """OUT walked (:func:`repobuild.store.survey`) while this process renders: by the child
+    that walked SOURCE, if it walked OUT as well (see :class:`repobuild.scan.ScanAhead`), else
+    by a worker."""
+    def expected_files() -> list[str]:
+        expected = [art.blob for art in arts]
+        expected += [art.blob + ".metadata" for art in arts if art.kind == "wheel"]
+        return expected
+
+    if ahead is not None:
+        answer = ahead.survey(expected_files())
+
+        def answered() -> tuple[list[str], set[str]]:
+            found = answer()
+            if found is None:  # the child walked no OUT, or failed: walked here
+                found = survey(str(tree.root), expected_files(), keep_listings=True)
+            return found
+
+        return answered
     if not workers.count:
-        found = survey(str(tree.root), expected, keep_listings=True)
+        found = survey(str(tree.root), expected_files(), keep_listings=True)
         return lambda: found
-    job = workers.submit(_survey_packed, str(tree.root), expected)
-    del expected
+    job = workers.submit(_survey_packed, str(tree.root), expected_files())
 
     def result() -> tuple[list[str], set[str]]:
         packed, missing = job.result()
@@ -738,7 +752,8 @@ def build(
         # one package waited ~0.1 s for it at the end). OUT held nothing before a first build
         # and the cache vouched for nothing: all there is was written by this build
         fresh_tree = prev is None and not any(item.cached for item in ingested)
-        survey_job = (lambda: ([], set())) if fresh_tree else _survey_later(tree, arts, workers)
+        survey_job = (lambda: ([], set())) if fresh_tree else _survey_later(
+            tree, arts, workers, scanned)
         # the Packages files compress in threads (since the last .deb was read)
         apt_job = early[0] if early else AptJob([a for a in arts if a.deb is not None], config,
                                                 blocks)
@@ -914,6 +929,8 @@ def build(
         result.seconds = time.monotonic() - started
         return result
     finally:
+        if scanned is not None:  # its survey of OUT, if still running, is of no use now
+            scanned.close()
         stack.close()
         keep_compiled(None)
         workers.close()

@@ -170,8 +170,8 @@ def build(
     """Build (or update) a signed repository in OUT from SOURCE."""
     from repobuild.scan import ScanAhead
 
-    # SOURCE is walked in a child process while this one imports the build (~0.1 s)
-    ahead = ScanAhead(source, exclude=out_dir)
+    # SOURCE (then OUT) is walked in a child process while this one imports the build
+    ahead = ScanAhead(source, exclude=out_dir, out=out_dir, recorded=not rehash)
     try:
         _build(ahead, source, out_dir, keys, config, link=link, rehash=rehash, signer=signer,
                sigstore=sigstore, identity_token=identity_token)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from repobuild.cache import Stamp
 from repobuild.errors import RepobuildError, ValidationError
+from repobuild.fdio import write_all
 from repobuild.formats.deb import DebError, DebInfo, DebInspector
 from repobuild.formats.pydist import (
     TAIL_BYTES,
@@ -32,7 +33,7 @@ from repobuild.formats.pydist import (
 )
 from repobuild.model import Artifact
 from repobuild.sources import hash_file
-from repobuild.store import temp_name, write_all
+from repobuild.store import temp_name
 
 # 256 KiB: small enough to stay in a core's L2 cache between the read and the hashing, large
 # enough that a 500 KB file takes two reads

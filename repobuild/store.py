@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from repobuild.errors import UsageError
+from repobuild.fdio import write_all
 
 if TYPE_CHECKING:
     from repobuild.workers import Workers
@@ -230,24 +231,53 @@ def survey(root: str, expected: list[str],
     """Walk OUT: the files that are not among ``expected`` (a build's blobs and .metadata
     files: candidates for pruning), and those of ``expected`` that are not there (to put
     back). The expected files found are not returned: at 100,000 artifacts they are most of
-    the tree.
+    the tree. :func:`walk_out`, then :meth:`OutWalk.split` (and :meth:`OutWalk.keep` with
+    ``keep_listings``)."""
+    walk = walk_out(root, record=keep_listings, recorded=keep_listings)
+    found = walk.split(expected)
+    if keep_listings:
+        walk.keep()
+    return found
 
-    With ``keep_listings``, the walk keeps the listing of each folder in
-    :data:`SURVEY_FILE` with the folder's stamp (mtime, ctime, inode), and a folder whose stamp
-    is still the recorded one is not listed again: creating, removing or renaming an entry
-    sets its folder's ctime, which no one can set back. The stamp recorded is the one taken
-    before the listing, so a change made since has a later ctime; but a folder changed less
-    than :data:`SETTLED_NS` before the walk began is not recorded, as a change made right
-    after its stamp was taken could leave it the same (the file system's clock ticks
-    coarsely). At 10,000 artifacts OUT has ~15,000 folders: listing them all cost ~0.15 s of
-    CPU at every build, their stamps a fraction of it."""
-    state = f"{root}/{STATE_DIR}"
-    known = _read_listings(state) if keep_listings else {}
-    record: dict[str, _Listing] = {}
+
+class OutWalk:
+    """Every file below OUT as one walk found it (OUT/.repobuild left out), and the folders'
+    listings to keep for the next walk (see :func:`walk_out`)."""
+
+    def __init__(self, root: str, files: list[str], record: dict[str, _Listing] | None,
+                 changed: bool) -> None:
+        self.root, self.files = root, files
+        self._record, self._changed = record, changed
+
+    def split(self, expected: list[str]) -> tuple[list[str], set[str]]:
+        """The files found that are not among ``expected``, and those of ``expected`` not
+        found."""
+        wanted = set(expected)
+        missing = wanted.difference(self.files)
+        return [file for file in self.files if file not in wanted], missing
+
+    def keep(self) -> None:
+        """Record the listings for the next walk (when any differs from the recorded ones)."""
+        if self._record is not None and self._changed:
+            _write_listings(self.root, self._record)
+
+
+def walk_out(root: str, *, record: bool = False, recorded: bool = True) -> OutWalk:
+    """Walk OUT. With ``record``, the walk keeps the listing of each folder (for
+    :meth:`OutWalk.keep` to write in :data:`SURVEY_FILE`) with the folder's stamp (mtime,
+    ctime, inode); with ``recorded`` as well, a folder whose stamp is still the recorded one is
+    not listed again: creating, removing or renaming an entry sets its folder's ctime, which no
+    one can set back. The stamp recorded is the one taken before the listing, so a change made
+    since has a later ctime; but a folder changed less than :data:`SETTLED_NS` before the walk
+    began is not recorded, as a change made right after its stamp was taken could leave it the
+    same (the file system's clock ticks coarsely). At 10,000 artifacts OUT has ~15,000
+    folders: listing them all cost ~0.15 s of CPU at every build, their stamps a fraction of
+    it."""
+    known = _read_listings(f"{root}/{STATE_DIR}") if record and recorded else {}
+    listings: dict[str, _Listing] = {}
     changed = False
     settled = time.time_ns() - SETTLED_NS
-    missing = set(expected)
-    others: list[str] = []
+    found: list[str] = []
     stack = [""]
     while stack:
         folder = stack.pop()
@@ -258,36 +288,31 @@ def survey(root: str, expected: list[str],
             changed = True
             continue
         hit = known.get(folder)
-        files: list[str]
         folders: list[str]
         if (type(hit) is tuple and len(hit) == 5 and hit[0] == st.st_mtime_ns
                 and hit[1] == st.st_ctime_ns and hit[2] == st.st_ino
                 and _plain_names(hit[3]) and _plain_names(hit[4])):
             prefix = folder + "/" if folder else ""
-            files = [prefix + name for name in hit[3].split("\0")] if hit[3] else []
+            if hit[3]:
+                found += [prefix + name for name in hit[3].split("\0")]
             folders = [prefix + name for name in hit[4].split("\0")] if hit[4] else []
-            record[folder] = hit
+            listings[folder] = hit
         else:
             changed = True
             listing = _list_folder(root, folder, STATE_DIR)
             if listing is None:
                 continue
             files, folders = listing
+            found += files
             # the stamp taken before the listing: a change made since has a later ctime
-            if st.st_ctime_ns < settled:
+            if record and st.st_ctime_ns < settled:
                 cut = len(folder) + 1 if folder else 0  # names kept without their folder
-                record[folder] = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
-                                  "\0".join([f[cut:] for f in files]),
-                                  "\0".join([f[cut:] for f in folders]))
-        for file in files:
-            if file in missing:
-                missing.discard(file)
-            else:
-                others.append(file)
+                listings[folder] = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino,
+                                    "\0".join([f[cut:] for f in files]),
+                                    "\0".join([f[cut:] for f in folders]))
         stack += folders
-    if keep_listings and (changed or len(record) != len(known)):
-        _write_listings(root, record)
-    return others, missing
+    return OutWalk(root, found, listings if record else None,
+                   changed or len(listings) != len(known))
 
 
 #: a folder's stamp (mtime, ctime, inode) and the names of its files and subfolders, each
@@ -442,12 +467,6 @@ def temp_name(root: str) -> str:
     serialises on its lock, and a build may create one per new blob and per rendered page."""
     name = uuid.uuid4().hex
     return f"{root}/{STATE_DIR}/tmp/{name[0]}/{name}"
-
-
-def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _same_bytes(path: str, data: bytes | bytearray) -> bool:

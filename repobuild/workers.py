@@ -19,7 +19,7 @@ import signal
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
-from repobuild.process import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, mallopt
+from repobuild.process import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, background, mallopt
 
 #: fewer files than this are read in the build's own process: forking costs more than it saves
 MIN_FILES = 64
@@ -36,6 +36,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _keep_freed_memory()
+    background()
 
 
 def _keep_freed_memory() -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from repobuild.errors import UsageError, ValidationError
 from repobuild.scan import ScanAhead, SourceFile, scan_source
+from repobuild.store import SURVEY_FILE, survey
 
 
 def tree(root: Path) -> Path:
@@ -85,3 +87,84 @@ def test_a_tree_of_thousands_fills_the_pipe(tmp_path: Path) -> None:
         (folder / f"file-with-a-long-name-{i:05d}.whl").write_bytes(b"")
     got = ScanAhead(src).result()
     assert len(got) == 3000 and got == scan_source(src)
+
+
+# --- OUT's survey, walked by the same child ---------------------------------------------------
+
+def out_tree(root: Path) -> Path:
+    """An OUT as a build leaves it, in small: blobs, pages, a stray file, the state folder."""
+    out = root / "out"
+    for rel in ("blobs/sha256/aa/aaaa/a.deb", "blobs/sha256/bb/bbbb/b.whl",
+                "blobs/sha256/bb/bbbb/b.whl.metadata", "simple/x/index.html", "stray.txt",
+                ".repobuild/cache.bin"):
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    for shard in "0123456789abcdef":  # as OutTree.open makes them
+        (out / ".repobuild" / "tmp" / shard).mkdir(parents=True)
+    return out
+
+
+EXPECTED = ["blobs/sha256/aa/aaaa/a.deb", "blobs/sha256/bb/bbbb/b.whl",
+            "blobs/sha256/bb/bbbb/b.whl.metadata", "blobs/sha256/cc/cccc/gone.deb"]
+
+
+def test_the_childs_survey_of_out_is_the_survey_here(tmp_path: Path) -> None:
+    src, out = tree(tmp_path), out_tree(tmp_path)
+    ahead = ScanAhead(src, exclude=src / "out", out=out)
+    pid = ahead._pid
+    assert ahead.result() == scan_source(src, exclude=src / "out")
+    assert not no_child_left(pid), "the child goes on to walk OUT"
+    got = ahead.survey(EXPECTED)()
+    assert no_child_left(pid)
+    assert got is not None
+    others, missing = got
+    assert sorted(others) == ["simple/x/index.html", "stray.txt"]
+    assert missing == {"blobs/sha256/cc/cccc/gone.deb"}
+    here_others, here_missing = survey(str(out), EXPECTED)
+    assert (sorted(others), missing) == (sorted(here_others), here_missing)
+    assert (out / ".repobuild" / SURVEY_FILE).is_file(), "the listings are kept"
+    ahead.close()
+
+
+def test_the_child_keeps_no_listings_unless_asked(tmp_path: Path) -> None:
+    """The child walks OUT before the build holds OUT's lock: it writes the listings it
+    recorded only once the build asks for the survey (then it holds the lock)."""
+    out = out_tree(tmp_path)
+    ahead = ScanAhead(tree(tmp_path), out=out)
+    ahead.result()
+    time.sleep(0.3)  # ample for the walk of a few folders
+    pid = ahead._pid
+    ahead.close()
+    assert no_child_left(pid)
+    assert not (out / ".repobuild" / SURVEY_FILE).exists()
+
+
+def test_no_state_folder_means_no_walk_and_a_walk_here(tmp_path: Path) -> None:
+    """An OUT without a build's state: the child walks nothing, and says so (None)."""
+    out = tmp_path / "new-out"
+    out.mkdir()
+    ahead = ScanAhead(tree(tmp_path), out=out)
+    ahead.result()
+    assert ahead.survey(EXPECTED)() is None
+    ahead.close()
+
+
+def test_a_killed_child_means_no_survey_from_it(tmp_path: Path) -> None:
+    src, out = tree(tmp_path), out_tree(tmp_path)
+    ahead = ScanAhead(src, out=out)
+    assert ahead.result() == scan_source(src)
+    os.kill(ahead._pid, signal.SIGKILL)
+    assert ahead.survey(EXPECTED)() is None
+    ahead.close()
+
+
+def test_a_large_request_does_not_block_on_the_pipe(tmp_path: Path) -> None:
+    """A request of megabytes (100,000 blobs) is read by the child while it walks."""
+    src, out = tree(tmp_path), out_tree(tmp_path)
+    ahead = ScanAhead(src, out=out)
+    ahead.result()
+    many = [f"blobs/sha256/{i % 256:02x}/{i:064x}/file-{i}.whl" for i in range(60_000)]
+    others, missing = ahead.survey(EXPECTED + many)() or ([], set())
+    assert len(missing) == 60_001 and sorted(others) == ["simple/x/index.html", "stray.txt"]
+    ahead.close()

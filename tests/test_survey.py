@@ -166,23 +166,39 @@ def test_random_changes_between_walks(tmp_path: Path, settled_now: None) -> None
         both(root, expected + paths[:5])
 
 
-@pytest.mark.parametrize("workers", ["0", "2"], ids=["in-process", "worker-processes"])
+@pytest.mark.parametrize("workers", ["0", "2", "ahead"],
+                         ids=["in-process", "worker-processes", "scan-child"])
 def test_builds_with_kept_listings_still_restore_and_prune(
         tmp_path: Path, settled_now: None, monkeypatch: pytest.MonkeyPatch,
         workers: str) -> None:
     """Through whole builds whose walk of OUT uses the kept listings: a blob deleted by hand
     is put back and files dropped into OUT (a blob's folder among them) are pruned, exactly
-    as with a full walk."""
+    as with a full walk. "ahead": OUT walked by the child that walked SOURCE, as the command
+    line has it (repobuild.scan.ScanAhead)."""
     import repobuild.build as rb
     from repobuild.config import Config
+    from repobuild.scan import ScanAhead
     from tests.clients import DEMO_KEYS, FIXTURES
 
-    monkeypatch.setenv("REPOBUILD_WORKERS", workers)
+    monkeypatch.setenv("REPOBUILD_WORKERS", "2" if workers == "ahead" else workers)
+    if workers == "ahead":  # the child's walk is the one used: none in this process
+        def no_walk_here(*_args: object, **_kwargs: object) -> None:
+            raise AssertionError("OUT walked in the build's process, not by the child")
+        monkeypatch.setattr(rb, "survey", no_walk_here)
     src = shutil.copytree(FIXTURES, tmp_path / "release")
     out = tmp_path / "out"
-    rb.build(src, out, DEMO_KEYS, Config())
+
+    def build() -> rb.BuildResult:
+        ahead = ScanAhead(src, exclude=out, out=out) if workers == "ahead" else None
+        try:
+            return rb.build(src, out, DEMO_KEYS, Config(), scanned=ahead)
+        finally:
+            if ahead is not None:
+                ahead.close()
+
+    build()
     time.sleep(TICK)
-    rb.build(src, out, DEMO_KEYS, Config())  # the first walk: every folder recorded
+    build()  # the first walk: every folder recorded
     assert any(f.startswith("blobs/sha256/") for f in listed_folders(out))
     index = json.loads((out / "index.json").read_bytes())
     blob = next(a["blob"] for a in index["artifacts"] if a["kind"] == "deb")
@@ -193,10 +209,10 @@ def test_builds_with_kept_listings_still_restore_and_prune(
     for rel in strays:
         (out / rel).write_text("stray")
     time.sleep(TICK)
-    result = rb.build(src, out, DEMO_KEYS, Config())
+    result = build()
     assert (out / blob).read_bytes() == data
     assert not any((out / rel).exists() for rel in strays)
     assert result.removed == len(strays)
     time.sleep(TICK)
-    again = rb.build(src, out, DEMO_KEYS, Config())
+    again = build()
     assert again.removed == 0 and again.new_blobs == 0
