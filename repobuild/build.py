@@ -821,9 +821,7 @@ def build(
         index_sig.append(keys.gpg.sign_stream())
         stack.callback(index_sig[0].abort)  # a no-op once the signature is finished
         index_fh.flush()
-        with open(index_tmp, "rb") as written:  # what came before: the artifacts
-            while chunk := written.read(1 << 20):
-                index_sig[0].write(chunk)
+        index_sig[0].write_file(str(index_tmp), index_fh.tell())  # what came before
         for path, data in apt.by_hash.items():
             stage(path, data, immutable)
         for path, data in apt.mutable.items():

@@ -75,6 +75,35 @@ def test_a_streamed_signature_is_the_one_gpg_makes_of_the_whole(tmp_path: Path) 
     assert ok.returncode == 0, ok.stderr
 
 
+def test_a_streamed_signature_of_a_file_written_before_and_pieces_after(tmp_path: Path) -> None:
+    """What a build wrote before it started the signature is handed over as the file's first
+    bytes (read by the feeding thread), then the pieces that follow: the signature is that of
+    the whole. A file shorter than said is no signature."""
+    import pytest
+
+    from repobuild.errors import ValidationError
+    from repobuild.signing.gpg import GpgSigner
+
+    head = b"".join(b'{"artifact":%d},' % i for i in range(100_000))  # ~2 MB
+    tail = b"".join(b'{"file":%d},' % i for i in range(50_000))
+    written = tmp_path / "index.part"
+    written.write_bytes(head + b"not yet part of it")
+    signer = GpgSigner(DEMO_KEYS / "gpg" / "secret.asc", faked_time=1_700_000_000)
+    try:
+        stream = signer.sign_stream()
+        stream.write_file(str(written), len(head))
+        for start in range(0, len(tail), 65536):
+            stream.write(tail[start:start + 65536])
+        assert stream.finish() == signer.sign(head + tail)
+        stream = signer.sign_stream()
+        stream.write_file(str(written), len(head) + 10**6)
+        stream.write(tail)
+        with pytest.raises(ValidationError, match="could not be read back"):
+            stream.finish()
+    finally:
+        signer.close()
+
+
 def test_a_streamed_signature_that_gpg_cannot_make_is_an_error(tmp_path: Path) -> None:
     import pytest
 
