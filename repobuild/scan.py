@@ -257,10 +257,14 @@ def _scan_child(write_fd: int, source: Path, exclude: Path | None, out: Path | N
 
 def _survey_child(out: Path, ask_fd: int, answer_fd: int,
                   recorded: bool) -> int:  # pragma: no cover - runs in the child
+    from repobuild.process import background
     from repobuild.store import STATE_DIR, walk_out
 
     if not (out / STATE_DIR).is_dir():
         return 0  # no build's OUT to walk (a first build needs no walk; else the build walks)
+    # the build needs the survey last: its other helpers (the key unlocking, a worker reading
+    # new files) go first when they compete for a core
+    background(19)
     # the build's request read as it comes (it would block the build on a full pipe)
     asked: list[bytes | None] = []
     reader = threading.Thread(target=lambda: asked.append(_read_message(ask_fd)))

@@ -36,7 +36,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _keep_freed_memory()
-    background()
+    background(5)  # the build's main thread first, when they compete for a core
 
 
 def _keep_freed_memory() -> None:

@@ -253,6 +253,31 @@ def test_a_few_new_files_are_read_in_the_build_process(
     verify_ok(out)
 
 
+def test_an_entry_vouched_for_but_unusable_is_read_again(
+        src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry whose stamp matches the file but whose artifact cannot be made from it: the
+    file is read again, with the new one, and the index is what it was."""
+    monkeypatch.setenv("REPOBUILD_WORKERS", "2")
+    out = tmp_path / "out"
+    rb.build(src, out, DEMO_KEYS, Config())
+    artifacts = index_of(out)["artifacts"]
+    cache_file = out / ".repobuild" / CACHE_FILE
+    entries = read_entries(cache_file.read_bytes())
+    deb = "debs/rbdemo-hello_1.0-1_amd64.deb"
+    entries[deb][7] = ["no version, no architecture"]  # the package's fields, cut
+    with open(cache_file, "wb") as fh:
+        write_entries(fh.write, entries)
+    log = ReadLog(monkeypatch, tmp_path / "reads.log")
+    mr.make_deb(src / "debs", "rbdemo-new", "3.0-1", "amd64")
+    result = rb.build(src, out, DEMO_KEYS, Config())
+    assert log.reads() == sorted([deb, "debs/rbdemo-new_3.0-1_amd64.deb"])
+    assert result.new_blobs == 1
+    index = index_of(out)
+    assert artifact(index, deb) == next(a for a in artifacts if a["path"] == deb)
+    assert artifact(index, "debs/rbdemo-new_3.0-1_amd64.deb")
+    verify_ok(out)
+
+
 @pytest.mark.parametrize("damage", ["cut", "garbage", "other-format", "wrong-shape"])
 def test_a_damaged_cache_costs_a_read_and_nothing_else(
         src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:

@@ -10,10 +10,11 @@ and the tree comes out as a build from scratch makes it.
 from __future__ import annotations
 
 import hashlib
-import json
 import marshal
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -131,13 +132,25 @@ def test_recorded_pages_cover_the_same_key_only(tmp_path: Path) -> None:
     assert pyrepo.project_key(r, "a", changed) != key, "yanking must change the key"
     assert pyrepo.project_key(r, "b", files) != key
     assert pyrepo.project_key("1" * 64, "a", files) != key
-    # the key of the files' plain tuples (as the workers get them) is the same, and is the
-    # JSON of every field, in order (the records of earlier builds stay valid)
+    # the key of the files' plain tuples (as the workers get them) is the same, and is over
+    # every field, in order, in marshal's format 2
     assert pyrepo.project_key(r, "a", [tuple(f) for f in files]) == key
-    fields = [[f.filename, f.url, f.sha256, f.size, f.upload_time, f.requires_python,
-               f.yanked, f.metadata_sha256, f.version] for f in files]
-    assert key == hashlib.sha256(json.dumps([r, "a", fields], separators=(",", ":")).encode()
-                                 ).hexdigest()
+    fields = [(f.filename, f.url, f.sha256, f.size, f.upload_time, f.requires_python,
+               f.yanked, f.metadata_sha256, f.version) for f in files]
+    assert key == hashlib.sha256(r.encode() + b"\0" + marshal.dumps(("a", fields), 2)).hexdigest()
+    # whatever objects are shared: the same key for the same values, in another process too
+    shared = "0" * 64
+    twice = [pyrepo.SimpleFile("a-1.0-py3-none-any.whl", "../../blobs/x", shared, 10,
+                               "2026-01-01T00:00:00Z", None, None, shared, "1.0")]
+    apart = [pyrepo.SimpleFile("a-1.0-py3-none-any.whl", "../../blobs/x", "0" * 64, 10,
+                               "2026-01-01T00:00:00Z", None, None, "".join(["0"] * 64), "1.0")]
+    assert pyrepo.project_key(r, "a", twice) == pyrepo.project_key(r, "a", apart)
+    there = subprocess.run(
+        [sys.executable, "-c", "import sys; from repobuild import pyrepo; print(pyrepo."
+         "project_key(sys.argv[1], 'a', [('a-1.0-py3-none-any.whl', '../../blobs/x', '0' * 64, "
+         "10, '2026-01-01T00:00:00Z', None, None, None, '1.0')]))", r],
+        capture_output=True, text=True, check=True).stdout.strip()
+    assert there == key
 
 
 def test_packed_projects_stage_the_same_pages(tmp_path: Path) -> None:
@@ -209,8 +222,10 @@ def test_a_page_is_read_once_then_known_by_its_stamp_and_any_write_shows(
 
 def test_the_record_reads_back_what_was_added(tmp_path: Path) -> None:
     """Batches of entries written as they come in are read back exactly; a record cut short,
-    of another renderer or holding entries of the wrong shape is no record at all. A record
-    of the earlier format (pages.json) is removed when the new one lands."""
+    of another renderer or of no entries at all is no record. An entry of the wrong shape is
+    never used (it is checked where it is used, by the worker whose batch holds it): its
+    project is rendered again. A record of the earlier format (pages.json) is removed when the
+    new one lands."""
     renderer = "r" * 64
     entries: dict[str, pyrepo.Known] = {
         "rbdemo-lib": ("a" * 64, 10, "b" * 64, 20, "c" * 64, [1, 2, 3, 4], [5, 6, 7, 8]),
@@ -243,4 +258,42 @@ def test_the_record_reads_back_what_was_added(tmp_path: Path) -> None:
         bad.add_entries(pyrepo.record_entries(items))
         bad.add_entries(marshal.dumps(frame))
         bad.land(tmp_path)
+        known = pyrepo.load_known(tmp_path, renderer)
+        assert {n: e for n, e in known.items() if pyrepo.usable(e)} == entries, frame
+        assert "p" in known and not pyrepo.usable(known["p"]), frame
+    for frame in ([5], 7, [None]):  # no entries at all
+        bad = pyrepo.KnownWriter(tmp_path / "bad.tmp", renderer)
+        bad.add_entries(pyrepo.record_entries(items))
+        bad.add_entries(marshal.dumps(frame))
+        bad.land(tmp_path)
         assert pyrepo.load_known(tmp_path, renderer) == {}, frame
+
+
+def test_a_recorded_entry_of_the_wrong_shape_means_the_pages_are_rendered(
+        tmp_path: Path, rendered: list[str]) -> None:
+    """The record names the project under its very key, but a field has the wrong type: the
+    worker does not take the entry, it renders the pages again."""
+    files = [pyrepo.SimpleFile("a-1-py3-none-any.whl", "../../blobs/1", "1" * 64, 10,
+                               "2026-01-01T00:00:00Z", None, None, None, "1.0")]
+    r = pyrepo.renderer_version()
+    out = tmp_path / "out"
+    for shard in "0123456789abcdef":
+        (out / ".repobuild" / "tmp" / shard).mkdir(parents=True)
+    record, rows = pyrepo.stage_project_pages(str(out), [("a", files)], None, r)
+    entry = marshal.loads(record)[0][1:]
+    assert pyrepo.usable(entry) and rendered == ["a"]
+    writer = pyrepo.KnownWriter(out / "record.tmp", r)
+    writer.add_entries(record)
+    writer.land(out / ".repobuild")
+    pyrepo.stage_project_pages(str(out), [("a", files)], str(out / ".repobuild"), r)
+    pyrepo.forget_known()
+    assert rendered == ["a"], "taken as it is"
+    for bad in (entry[:1] + ("10",) + entry[2:], entry[:5] + ([1, 2, 3],) + entry[6:]):
+        writer = pyrepo.KnownWriter(out / "record.tmp", r)
+        writer.add_entries(marshal.dumps([("a", *bad)]))
+        writer.land(out / ".repobuild")
+        pyrepo.forget_known()
+        rendered.clear()
+        pyrepo.stage_project_pages(str(out), [("a", files)], str(out / ".repobuild"), r)
+        assert rendered == ["a"], bad
+        pyrepo.forget_known()
