@@ -28,6 +28,7 @@ from typing import Any
 from repobuild import checks
 from repobuild.checks import Failure
 from repobuild.errors import UsageError, VerificationError
+from repobuild.fdio import write_all
 from repobuild.formats import manifest
 from repobuild.formats.manifest import Manifest, ManifestError, rfc3339
 from repobuild.model import FileEntry
@@ -714,7 +715,7 @@ class _Helper:
         if self.job_w < 0:
             return
         try:
-            _write_all(self.job_w, pickle.dumps((fn, args), -1))
+            write_all(self.job_w, pickle.dumps((fn, args), -1))
         except BrokenPipeError:
             pass
         finally:
@@ -760,8 +761,8 @@ def _serve(prepare: Callable[[], None], job_r: int, result_w: int) -> None:
         return  # no job
     fn, args = pickle.loads(b"".join(chunks))
     payload = _pickled_answer(fn, *args)
-    _write_all(result_w, len(payload).to_bytes(8, "little"))
-    _write_all(result_w, payload)
+    write_all(result_w, len(payload).to_bytes(8, "little"))
+    write_all(result_w, payload)
 
 
 def _pickled_answer(fn: Callable[..., Any], *args: Any) -> bytes:
@@ -785,12 +786,6 @@ def _read_exactly(fd: int, buf: bytearray) -> bytearray:
             return bytearray()
         done += n
     return buf
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _verify_folder(
@@ -1081,7 +1076,7 @@ def _work(plan: _Plan, task_r: int, result_w: int) -> None:
             return
         i = int.from_bytes(rec, "little")
         payload = i.to_bytes(4, "little") + _pickled_answer(_run_task, plan, plan.tasks[i])
-        _write_all(result_w, len(payload).to_bytes(8, "little") + payload)
+        write_all(result_w, len(payload).to_bytes(8, "little") + payload)
 
 
 def open_target(target: str) -> Source:
