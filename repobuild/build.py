@@ -16,11 +16,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -342,28 +342,54 @@ def _describe(art: Artifact, config: Config, first_seen: dict[str, str] | None,
         art.yanked = config.yank_reason(art.path)
 
 
-PageJob = Callable[[], tuple[bytes, list[PageRow]]]
+PageBatch = tuple[bytes, list[PageRow]]
 
 
-def _stage_pages(
-    root: str, workers: Workers, projects: list[Project], renderer: str,
-    known_in: str | None = None,
-) -> list[PageJob]:
+class _PageJobs:
     """Project pages in batches, to the workers (or rendered here, without them), written
     below ``root`` (OUT, or a folder that lands whole). Those the last build recorded in the
-    state folder ``known_in`` are only checked in OUT, not rendered again (repobuild.pyrepo)."""
-    jobs: list[PageJob] = []
-    for start in range(0, len(projects), PAGE_BATCH):
-        batch = projects[start:start + PAGE_BATCH]
-        if workers.count:
-            jobs.append(workers.submit(stage_packed_pages, root, pack_projects(batch),
-                                       known_in, renderer).result)
-        else:
-            done = stage_project_pages(root, batch, known_in, renderer)
-            jobs.append(lambda done=done: done)  # type: ignore[misc]
-    if not workers.count:
-        forget_known()  # read in this very process: not kept after the pages
-    return jobs
+    state folder ``known_in`` are only checked in OUT, not rendered again (repobuild.pyrepo).
+
+    :meth:`results` takes them in order; a batch that no worker has started by then is done
+    here instead (the build would only wait for it): a rebuild waited ~25-45 ms for the
+    workers' checks of 10,000 pages, with this process idle."""
+
+    def __init__(self, root: str, workers: Workers, projects: list[Project], renderer: str,
+                 known_in: str | None = None) -> None:
+        self._root, self._renderer, self._known_in = root, renderer, known_in
+        self._batches = [projects[start:start + PAGE_BATCH]
+                         for start in range(0, len(projects), PAGE_BATCH)]
+        self._jobs: list[Future[PageBatch] | PageBatch] = []
+        for batch in self._batches:
+            if workers.count:
+                self._jobs.append(workers.submit(stage_packed_pages, root, pack_projects(batch),
+                                                 known_in, renderer))
+            else:
+                self._jobs.append(self._here(batch))
+        if not workers.count:
+            forget_known()  # read in this very process: not kept after the pages
+
+    def _here(self, batch: list[Project]) -> PageBatch:
+        return stage_project_pages(self._root, batch, self._known_in, self._renderer)
+
+    def results(self) -> list[PageBatch]:
+        jobs, self._jobs = self._jobs, []
+        done: list[PageBatch | None] = [None if isinstance(job, Future) else job for job in jobs]
+        waiting = [n for n, job in enumerate(jobs) if isinstance(job, Future)]
+        try:
+            while waiting:
+                # the last batch not started yet, done here; else the first one, waited for
+                here = next((n for n in reversed(waiting)
+                             if cast(Future[PageBatch], jobs[n]).cancel()), None)
+                if here is not None:
+                    waiting.remove(here)
+                    done[here] = self._here(self._batches[here])
+                else:
+                    first = waiting.pop(0)
+                    done[first] = cast(Future[PageBatch], jobs[first]).result()
+        finally:
+            forget_known()  # the record, if read here: not held any longer
+        return [batch for batch in done if batch is not None]
 
 
 def _survey_later(
@@ -694,7 +720,7 @@ def build(
             (tree.state / SURVEY_FILE).unlink(missing_ok=True)
         stamp_now = rfc3339(now)
         early: list[AptJob] = []
-        early_pages: list[tuple[list[Project], list[PageJob]]] = []
+        early_pages: list[tuple[list[Project], _PageJobs]] = []
         first_build = not tree.path(INDEX).exists()
         renderer = renderer_version()
 
@@ -715,7 +741,7 @@ def build(
                 for art in dists:
                     _describe(art, config, None, stamp_now)
                 projects = list(project_files(dists).items())
-                early_pages.append((projects, _stage_pages(folder, workers, projects, renderer)))
+                early_pages.append((projects, _PageJobs(folder, workers, projects, renderer)))
 
         ingested = _ingest_all(
             files, tree, cache, workers, created,
@@ -744,7 +770,7 @@ def build(
             projects, page_jobs = early_pages.pop()
         else:
             projects = list(project_files([a for a in arts if a.dist is not None]).items())
-            page_jobs = _stage_pages(str(tree.root), workers, projects, renderer,
+            page_jobs = _PageJobs(str(tree.root), workers, projects, renderer,
                                      str(tree.state) if prev is not None else None)
         # OUT as it is before landing, for the pruning after it (what landing adds is listed),
         # walked by a worker once the page batches ahead of it are done (it takes ~0.15 s at
@@ -760,6 +786,14 @@ def build(
         early.clear()
         components = tuple(apt_job.components)
         keys = keys_job.result()
+        # The apt indices are finished (their compression waited for, Release signed by gpg)
+        # in a thread while this one renders the landing page, index.json's artifacts and the
+        # link's materials, which need no gpg: the build waited ~15-50 ms for it here. Nothing
+        # else runs gpg until it is done (see the index's signature below).
+        apt_pool = ThreadPoolExecutor(max_workers=1)
+        apt_done = apt_pool.submit(apt_job.finish, keys.gpg, now)
+        apt_pool.shutdown(wait=False)
+        stack.callback(_settle, apt_done)  # done before the keys (gpg's home) go
         # Everything rendered is staged at once (written aside, or found identical in OUT) and
         # only its size and hash kept; the renames into place come in the writing phase.
         current: dict[str, FileEntry] = {}
@@ -813,8 +847,8 @@ def build(
                                            "suite": config.suite, "codename": config.codename})
         index.artifacts(arts)
         provenance = _start_link(keys, arts, layout_job.result())
-        apt = apt_job.finish(keys.gpg, now)
-        del apt_job
+        apt = apt_done.result()
+        del apt_job, apt_done
         # index.json is signed by gpg as it is written: gpg hashes each piece as it comes, and
         # the signature is ready soon after the last. Started once Release is signed: two gpg
         # at work through one agent failed a signature once (0e6cf49).
@@ -830,8 +864,7 @@ def build(
         page_record = KnownWriter(tree.temp_path(), renderer)
         # a page OUT holds already (staged nowhere) is only listed: nothing is to land
         into_folder = tree.has_stage_folder("simple")
-        for job in page_jobs:
-            record, rows = job()
+        for record, rows in page_jobs.results():
             page_record.add_entries(record)
             for name, html_size, html_sha, html_at, js_size, js_sha, js_at in rows:
                 html_path, json_path = page_paths(name)
@@ -942,6 +975,12 @@ def build(
             keys_job.result().close()
         else:
             keys_job.add_done_callback(_close_keys)
+
+
+def _settle(job: Future[Any]) -> None:
+    """Wait for ``job`` to end, whatever its outcome (reported where its result is used)."""
+    with suppress(BaseException):
+        job.exception()
 
 
 def _close_keys(job: Future[KeySet]) -> None:

@@ -122,3 +122,38 @@ def test_a_streamed_signature_that_gpg_cannot_make_is_an_error(tmp_path: Path) -
         assert "secret.asc" in str(exc.value)
     finally:
         signer.close()
+
+
+def test_clearsign_and_detached_sign_fail_alike_without_a_signature(tmp_path: Path) -> None:
+    """Release is signed by gpg run directly (python-gnupg's command line): a key behind a
+    passphrase is an error for InRelease (whose cleartext gpg writes before it fails) and for
+    Release.gpg; the demo key's signatures pass gpgv."""
+    import pytest
+
+    from repobuild.errors import ValidationError
+    from repobuild.signing.gpg import GpgSigner, dearmor
+
+    release = b"Origin: test\nLabel: test\nSuite: stable\n"
+    secret = tmp_path / "secret.asc"
+    secret.write_bytes(_protected_secret_key(tmp_path))
+    signer = GpgSigner(secret)
+    try:
+        for sign in (signer.clearsign, signer.sign):
+            with pytest.raises(ValidationError, match="gpg could not sign.*passphrase"):
+                sign(release)
+    finally:
+        signer.close()
+    signer = GpgSigner(DEMO_KEYS / "gpg" / "secret.asc")
+    try:
+        inrelease, detached = signer.clearsign(release), signer.sign(release)
+    finally:
+        signer.close()
+    assert inrelease.startswith(b"-----BEGIN PGP SIGNED MESSAGE-----\n")
+    (tmp_path / "repo.gpg").write_bytes(dearmor((DEMO_KEYS / "gpg" / "public.asc").read_bytes()))
+    (tmp_path / "InRelease").write_bytes(inrelease)
+    (tmp_path / "Release").write_bytes(release)
+    (tmp_path / "Release.gpg").write_bytes(detached)
+    for args in (["InRelease"], ["Release.gpg", "Release"]):
+        ok = subprocess.run(["gpgv", "--keyring", str(tmp_path / "repo.gpg"),
+                             *[str(tmp_path / a) for a in args]], capture_output=True, text=True)
+        assert ok.returncode == 0, ok.stderr

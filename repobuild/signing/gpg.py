@@ -78,26 +78,43 @@ class GpgSigner:
         self.source = secret_asc
         self._public: bytes | None = None
 
-    def _run(self, data: bytes, **kwargs: object) -> bytes:
-        return self._checked(self._home.gpg.sign(data, keyid=self.key_id, **kwargs))
+    def _run(self, data: bytes, mode: str) -> bytes:
+        """gpg's output for ``data`` given whole: python-gnupg's command line for
+        ``sign(clearsign=True)`` or ``sign(detach=True)``, run here (Popen.communicate) rather
+        than through python-gnupg's reader threads, which need the GIL line by line and so
+        took ~20-30 ms per signature when the build's main thread was busy meanwhile."""
+        proc = self._popen(mode)
+        out, err = proc.communicate(data)
+        return self._signature(proc, out, err)
+
+    def _popen(self, mode: str) -> subprocess.Popen[bytes]:
+        gpg = self._home.gpg
+        cmd = gpg.make_args(["-sa", mode, "--default-key", self.key_id], False)
+        return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=getattr(gpg, "env", None))
+
+    def _signature(self, proc: subprocess.Popen[bytes], out: bytes, err: bytes) -> bytes:
+        """gpg's output, if it made a signature: a clear-signing gpg that fails (a secret key
+        behind a passphrase, say) has written the cleartext part already, so output alone is no
+        sign of success; gpg's SIG_CREATED status and its exit code are."""
+        status = err.decode("utf-8", "replace").splitlines()
+        created = any(line.startswith("[GNUPG:] SIG_CREATED ") for line in status)
+        if proc.returncode or not created or not out:
+            failures = [line[len("[GNUPG:] "):] for line in status
+                        if line.startswith("[GNUPG:] ") and ("FAIL" in line or "ERROR" in line)]
+            plain = [line for line in status if line and not line.startswith("[GNUPG:]")]
+            raise self._failed(failures[-1] if failures else
+                               plain[-1] if plain else "no signature")
+        return out
 
     def _failed(self, reason: str) -> ValidationError:
         return ValidationError(f"gpg could not sign: {reason} (is the secret key protected "
                                "by a passphrase? repobuild signs without asking for one)",
                                self.source)
 
-    def _checked(self, sig: gnupg.Sign) -> bytes:
-        """The signature, if gpg made one: a clear-signing gpg that fails (a secret key behind
-        a passphrase, say) has written the cleartext part already, so output alone is no sign
-        of success; gpg's SIG_CREATED status (the fingerprint) and its exit code are."""
-        if not sig.fingerprint or sig.returncode or not sig.data:
-            lines = (sig.stderr or "").strip().splitlines()
-            raise self._failed(sig.status or (lines[-1] if lines else "no signature"))
-        return bytes(sig.data)
-
     def sign(self, data: bytes) -> bytes:
         """A detached, armored signature (Release.gpg, index.json.asc)."""
-        return self._run(data, detach=True, clearsign=False)
+        return self._run(data, "--detach-sign")
 
     def sign_stream(self) -> DetachedSignature:
         """:meth:`sign` of data given piece by piece as it is made: gpg hashes each piece as
@@ -107,7 +124,7 @@ class GpgSigner:
 
     def clearsign(self, data: bytes) -> bytes:
         """A clear-signed document (InRelease)."""
-        return self._run(data, clearsign=True)
+        return self._run(data, "--clearsign")
 
     def public_key(self, *, armor: bool) -> bytes:
         """The public key, armored (exported once) or binary (taken out of the armor)."""
@@ -130,15 +147,11 @@ class DetachedSignature:
     """A detached, armored signature by one gpg process, fed through its standard input:
     :meth:`write` each piece, then :meth:`finish` for the signature (or :meth:`abort`). The
     command line is python-gnupg's own for ``sign_file(detach=True)``, and the signature
-    counts only as :meth:`GpgSigner._checked` counts one: gpg's SIG_CREATED and exit 0."""
+    counts only as :meth:`GpgSigner._signature` counts one: gpg's SIG_CREATED and exit 0."""
 
     def __init__(self, signer: GpgSigner) -> None:
         self._signer = signer
-        gpg = signer._home.gpg
-        cmd = gpg.make_args(["-sa", "--detach-sign", "--default-key", signer.key_id], False)
-        self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env=getattr(gpg, "env", None))
+        self._proc: subprocess.Popen[bytes] | None = signer._popen("--detach-sign")
         self._broken = False  # gpg stopped reading: it failed, and finish() says why
         self._unreadable = False  # a file handed over could not be read whole
         # gpg reads at its own pace: the pieces are handed to it by a thread of their own, so
@@ -204,15 +217,7 @@ class DetachedSignature:
         except BrokenPipeError:  # what was buffered could not go: gpg stopped reading
             _drop_input(proc)
             out, err = proc.communicate()
-        status = err.decode("utf-8", "replace").splitlines()
-        created = any(line.startswith("[GNUPG:] SIG_CREATED ") for line in status)
-        if proc.returncode or not created or not out:
-            failures = [line[len("[GNUPG:] "):] for line in status
-                        if line.startswith("[GNUPG:] ") and ("FAIL" in line or "ERROR" in line)]
-            plain = [line for line in status if line and not line.startswith("[GNUPG:]")]
-            raise self._signer._failed(failures[-1] if failures else
-                                       plain[-1] if plain else "no signature")
-        return out
+        return self._signer._signature(proc, out, err)
 
     def abort(self) -> None:
         """Stop gpg (the data will not be complete)."""
