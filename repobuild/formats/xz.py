@@ -76,10 +76,11 @@ def join(blocks: Sequence[Block]) -> bytes:
 
 # content-defined cuts: after a stanza whose CRC-32 is a multiple of CUT_EVERY, once the block
 # holds CUT_MIN bytes; always once it holds CUT_MAX. With ~450-byte stanzas the blocks hold
-# ~250 KB: a 2 MB Packages.xz is ~2 % larger than in two blocks.
-CUT_MIN = 128 << 10
+# ~120 KB: a rebuild that adds a package compresses one of them again (~8 ms of xz, where a
+# ~250 KB block took ~15 ms, while the build waited for it), for a Packages.xz ~2 % larger.
+CUT_MIN = 64 << 10
 CUT_MAX = 1 << 20
-CUT_EVERY = 256
+CUT_EVERY = 128
 
 
 def cut(data: bytes, sep: bytes = b"\n\n", *, min_size: int = CUT_MIN,
