@@ -16,7 +16,9 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -297,3 +299,48 @@ def test_a_recorded_entry_of_the_wrong_shape_means_the_pages_are_rendered(
         pyrepo.stage_project_pages(str(out), [("a", files)], str(out / ".repobuild"), r)
         assert rendered == ["a"], bad
         pyrepo.forget_known()
+
+
+def test_page_batches_no_worker_started_are_done_in_the_build(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build takes the page batches in order; one that no worker has started by then is
+    done in the build's process (its future cancelled): the same records and rows, in order,
+    as the workers give."""
+    from repobuild.workers import Workers
+
+    monkeypatch.setattr(rb, "PAGE_BATCH", 1)
+    projects = [(f"p{n:02d}", [pyrepo.SimpleFile(
+        f"p{n:02d}-1.0-py3-none-any.whl", f"../../blobs/{n}", f"{n % 10}" * 64, 10 + n,
+        "2026-01-01T00:00:00Z", None, None, None, "1.0")]) for n in range(40)]
+    r = pyrepo.renderer_version()
+    got = {}
+    for name in ("workers", "here"):
+        out = tmp_path / name
+        for shard in "0123456789abcdef":
+            (out / ".repobuild" / "tmp" / shard).mkdir(parents=True)
+        workers = Workers(2 if name == "workers" else 0)
+        here: list[int] = []
+        real = rb._PageJobs._here
+
+        def counted(self: Any, batch: Any, real: Any = real, here: list[int] = here) -> Any:
+            here.append(len(batch))
+            return real(self, batch)
+
+        monkeypatch.setattr(rb._PageJobs, "_here", counted)
+        try:
+            jobs = rb._PageJobs(str(out), workers, projects, r)
+            first = jobs._jobs[0]
+            deadline = time.monotonic() + 30
+            while (isinstance(first, Future) and not (first.running() or first.done())
+                   and time.monotonic() < deadline):
+                time.sleep(0.001)  # a worker has the first batch: it is the workers' to do
+            results = jobs.results()
+        finally:
+            workers.close()
+        if name == "workers":
+            assert here, "the batches no worker had started were done here"
+            assert len(here) < len(projects), "and the workers did the others"
+        got[name] = [(marshal.loads(record), [row[:3] + row[4:6] for row in rows])
+                     for record, rows in results]
+    assert got["workers"] == got["here"]
+    assert [rows[0][0] for _record, rows in got["here"]] == [name for name, _ in projects]
