@@ -344,3 +344,33 @@ def test_page_batches_no_worker_started_are_done_in_the_build(
                      for record, rows in results]
     assert got["workers"] == got["here"]
     assert [rows[0][0] for _record, rows in got["here"]] == [name for name, _ in projects]
+
+
+def test_no_batch_is_done_in_the_build_beyond_steal_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More batches than STEAL_BATCHES (a large tree, whose page record would weigh on the
+    build's peak memory): every one is the workers'."""
+    from repobuild.workers import Workers
+
+    monkeypatch.setattr(rb, "PAGE_BATCH", 1)
+    monkeypatch.setattr(rb, "STEAL_BATCHES", 10)
+    projects = [(f"p{n:02d}", [pyrepo.SimpleFile(
+        f"p{n:02d}-1.0-py3-none-any.whl", f"../../blobs/{n}", f"{n % 10}" * 64, 10 + n,
+        "2026-01-01T00:00:00Z", None, None, None, "1.0")]) for n in range(40)]
+    out = tmp_path / "out"
+    for shard in "0123456789abcdef":
+        (out / ".repobuild" / "tmp" / shard).mkdir(parents=True)
+    here: list[int] = []
+    real = rb._PageJobs._here
+
+    def counted(self: Any, batch: Any) -> Any:
+        here.append(len(batch))
+        return real(self, batch)
+
+    monkeypatch.setattr(rb._PageJobs, "_here", counted)
+    workers = Workers(2)
+    try:
+        results = rb._PageJobs(str(out), workers, projects, pyrepo.renderer_version()).results()
+    finally:
+        workers.close()
+    assert here == [] and [rows[0][0] for _r, rows in results] == [n for n, _ in projects]
