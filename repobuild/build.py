@@ -61,7 +61,7 @@ from repobuild.pyrepo import (
 from repobuild.scan import ScanAhead, SourceFile, scan_source
 from repobuild.signing.cosign import public_key_hint
 from repobuild.signing.gpg import DetachedSignature
-from repobuild.store import SURVEY_FILE, OutTree, survey
+from repobuild.store import SURVEY_FILE, OutTree, pack_paths, survey, unpack_paths
 from repobuild.templating import keep_compiled, render_large
 from repobuild.trust import KEYLESS_BUNDLE
 from repobuild.workers import Workers, worker_count
@@ -424,16 +424,15 @@ def _survey_later(
 
     def result() -> tuple[list[str], set[str]]:
         packed, missing = job.result()
-        return packed.decode("utf-8", "surrogateescape").split("\0") if packed else [], missing
+        return unpack_paths(packed), missing
 
     return result
 
 
 def _survey_packed(root: str, expected: list[str]) -> tuple[bytes, set[str]]:
-    """:func:`survey` in a worker; the paths come back as one NUL-separated string (no file
-    name holds a NUL), not 150,000 string objects unpickled into the build's process."""
+    """:func:`survey` in a worker; the paths come back packed (store.pack_paths)."""
     others, missing = survey(root, expected, keep_listings=True)
-    return "\0".join(others).encode("utf-8", "surrogateescape"), missing
+    return pack_paths(others), missing
 
 
 def _restore_missing(

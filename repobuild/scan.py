@@ -171,10 +171,11 @@ class ScanAhead:
             data = _read_message(fd) if fd >= 0 else None
             if self._reap() != 0 or not data:
                 return None
+            from repobuild.store import unpack_paths  # imported by the build already
+
             try:
                 packed, missing = marshal.loads(data)
-                others = packed.decode("utf-8", "surrogateescape").split("\0") if packed else []
-                return others, set(missing)
+                return unpack_paths(packed), set(missing)
             except (EOFError, ValueError, TypeError, UnicodeDecodeError):
                 return None
 
@@ -258,7 +259,7 @@ def _scan_child(write_fd: int, source: Path, exclude: Path | None, out: Path | N
 def _survey_child(out: Path, ask_fd: int, answer_fd: int,
                   recorded: bool) -> int:  # pragma: no cover - runs in the child
     from repobuild.process import background
-    from repobuild.store import STATE_DIR, walk_out
+    from repobuild.store import STATE_DIR, pack_paths, walk_out
 
     if not (out / STATE_DIR).is_dir():
         return 0  # no build's OUT to walk (a first build needs no walk; else the build walks)
@@ -275,6 +276,5 @@ def _survey_child(out: Path, ask_fd: int, answer_fd: int,
         return 0  # the build wants no walk after all (it failed, or OUT was new)
     others, missing = walk.split(marshal.loads(asked[0]))
     walk.keep()  # the build holds OUT's lock: it has asked
-    _send(answer_fd, marshal.dumps(
-        ("\0".join(others).encode("utf-8", "surrogateescape"), sorted(missing))))
+    _send(answer_fd, marshal.dumps((pack_paths(others), sorted(missing))))
     return 0
