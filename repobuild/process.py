@@ -2,7 +2,9 @@
 
 Process-wide settings, so the command line applies them (before the build starts a thread or a
 worker, which inherit them), never the library: a program that calls :func:`repobuild.build.build`
-keeps its own.
+keeps its own. :func:`background` is no such setting: it lowers the priority of the calling
+thread only, and the build calls it in its own helper processes (the walk of SOURCE and OUT,
+the workers), never in the caller's thread.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
+import threading
 
 #: the cyclic collector's first threshold for a build: a collection per 100,000 new objects
 #: instead of per 700 (Python's default)
@@ -55,9 +59,6 @@ def fewer_collections() -> None:
 def background(step: int = 10) -> None:
     """Lower the scheduling priority of the calling thread (on Linux a thread has its own) by
     ``step``, so that it yields the CPU to the build's main thread when they compete for one."""
-    import os
-    import threading
-
     try:
         tid = threading.get_native_id()
         now = os.getpriority(os.PRIO_PROCESS, tid)
