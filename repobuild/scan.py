@@ -159,16 +159,17 @@ class ScanAhead:
         fd, self._ask_fd = self._ask_fd, -1
         if fd < 0:
             return lambda: None
-        try:
-            _send(fd, marshal.dumps(expected))
-        except OSError:
-            pass  # the child is gone: its answer will be missing
-        finally:
-            os.close(fd)
+        # handed over by a thread: the request (~1 MB at 10,000 artifacts) fills the pipe
+        # many times over, and the child, walking OUT at the lowest priority, drains it at its
+        # pace; written here, it held the build 5-60 ms
+        sender = threading.Thread(target=_send_and_close, args=(fd, marshal.dumps(expected)),
+                                  daemon=True)
+        sender.start()
 
         def answer() -> tuple[list[str], set[str]] | None:
             fd, self._answer_fd = self._answer_fd, -1
             data = _read_message(fd) if fd >= 0 else None
+            sender.join()  # done: the child read the request before it answered, or is gone
             if self._reap() != 0 or not data:
                 return None
             from repobuild.store import unpack_paths  # imported by the build already
@@ -233,6 +234,15 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
 def _send(fd: int, data: bytes) -> None:
     write_all(fd, _LENGTH.pack(len(data)))
     write_all(fd, data)
+
+
+def _send_and_close(fd: int, data: bytes) -> None:
+    try:
+        _send(fd, data)
+    except OSError:
+        pass  # the child is gone: its answer will be missing
+    finally:
+        os.close(fd)
 
 
 def _scan_child(write_fd: int, source: Path, exclude: Path | None, out: Path | None,
