@@ -652,17 +652,17 @@ def _retained(
     if prev is None:
         return {}
     kept: dict[str, FileEntry] = {}
-    for path, entry in prev.kept_files.items():
-        if path in current or entry.size < 0:
+    for path, (size, sha256, was_retired) in prev.kept_files.items():
+        if path in current or size < 0:
             continue
         is_blob = path.startswith("blobs/")
         is_by_hash = "/by-hash/" in path and path.startswith("dists/")
         if not (is_blob or is_by_hash) or not tree.path(path).is_file():
             continue
-        retired = entry.retired or rfc3339(now)
+        retired = was_retired or rfc3339(now)
         if is_by_hash and manifest.parse_time(retired) + keep_by_hash < now:
             continue
-        kept[path] = FileEntry(entry.size, entry.sha256, retired)
+        kept[path] = FileEntry(size, sha256, retired)
     return kept
 
 

@@ -522,7 +522,7 @@ def test_saved_summary_is_the_index_summary_and_a_stale_or_broken_one_is_ignored
     (src / "files/README.txt").unlink()
     second = build(src, out)  # lists the README's blob as retired
     summary = summary_is_the_index_summary()
-    assert any(f.retired for f in summary.kept_files.values())
+    assert any(retired for _size, _sha, retired in summary.kept_files.values())
     stale = saved.read_bytes()
 
     third = build(src, out)

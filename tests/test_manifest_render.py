@@ -72,8 +72,8 @@ def test_streamed_index_is_the_canonical_json_of_the_whole() -> None:
     parsed = manifest.parse(streamed)
     assert parsed.files == files
     assert manifest.previous(streamed).kept_files[
-        "dists/stable/main/binary-amd64/by-hash/SHA256/" + _sha("old")].retired == (
-        "2026-01-01T00:00:00Z")
+        "dists/stable/main/binary-amd64/by-hash/SHA256/" + _sha("old")] == (
+        9, _sha("old"), "2026-01-01T00:00:00Z")
 
 
 def test_summary_is_the_previous_of_the_index_whatever_the_strings_hold() -> None:
@@ -101,9 +101,15 @@ def test_summary_is_the_previous_of_the_index_whatever_the_strings_hold() -> Non
     assert summary == manifest.previous(index)
     assert len(summary.kept_files) > 4
     assert manifest.read_summary(data, "12 34 56 79") is None  # another index's
-    for bad in (data[:-3], data[:40], b"", b"{}", data.replace(b"summary\n2", b"summary\n1"),
+    for bad in (data[:-3], data[:40], b"", b"{}", data.replace(b"summary\n3", b"summary\n2"),
                 data[:60] + bytes(len(data) - 60)):
         assert manifest.read_summary(bad, "12 34 56 78") is None
+    # a kept file's entry of the wrong shape or type: the summary is not used
+    for odd in (FileEntry("6", _sha("h")), FileEntry(6, None),  # type: ignore[arg-type]
+                FileEntry(6, _sha("h"), 5)):  # type: ignore[arg-type]
+        pieces = []
+        manifest.write_summary(pieces.append, 7, arts, {**files, "blobs/x/y": odd}, "k")
+        assert manifest.read_summary(b"".join(pieces), "k") is None
 
 
 def test_many_entries_in_chunks_with_odd_ones_hidden_among_them() -> None:
@@ -118,9 +124,19 @@ def test_many_entries_in_chunks_with_odd_ones_hidden_among_them() -> None:
     files = {f"simple/p{i:05d}/index.html": FileEntry(i, _sha(f"f{i}")) for i in range(5000)}
     files["simple/p00007/a\\b"] = FileEntry(1, _sha("bs"))
     files["simple/p04000/\u2028"] = FileEntry(2, _sha("ls"))
+    files["simple/p01000/\x7f"] = FileEntry(4, _sha("del"))  # ASCII, unprintable
+    files["simple/p03000/\x01"] = FileEntry(5, _sha("soh"))
     files["simple/p02500/retired"] = FileEntry(3, _sha("rt"), retired="2026-01-01T00:00:00Z")
     when = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
     streamed = manifest.render(version=3, generated=when, expires=when, artifacts=arts,
                                files=files, meta={})
     assert streamed == _canonical_whole(3, when, arts, files, {})
     assert len(arts) > 2 * manifest._CHUNK and len(files) > 2 * manifest._CHUNK
+
+
+def test_printable_check_is_isprintable() -> None:
+    """The check of a chunk's text gives what ``str.isprintable`` gives, ASCII or not."""
+    for code in [*range(0x300), 0x2028, 0x3000, 0xFEFF, 0x1F600]:
+        for text in (f"a{chr(code)}b", chr(code), f"é{chr(code)}"):
+            assert manifest._printable(text) == text.isprintable(), hex(code)
+    assert manifest._printable("")

@@ -7,7 +7,7 @@ import json
 import marshal
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -214,6 +214,17 @@ class IndexWriter:
 
 
 _CHUNK = 2048  # entries written, then checked, at once
+_CONTROLS = bytes(range(32)) + b"\x7f"
+
+
+def _printable(text: str) -> bool:
+    """``text.isprintable()``: for ASCII text (whether a string is ASCII is known without
+    reading it) its control characters are looked for in its bytes, at a third of the cost
+    (~2.5 ms, not ~8 ms, for index.json's entries of 10,000 artifacts)."""
+    if not text.isascii():
+        return text.isprintable()
+    data = text.encode("ascii")
+    return len(data.translate(None, _CONTROLS)) == len(data)
 
 
 def _artifact_items(arts: list[Artifact]) -> str:
@@ -227,7 +238,7 @@ def _artifact_items(arts: list[Artifact]) -> str:
         raws.append(raw)
         quotes += count
     text = ",".join(raws)
-    if text.count('"') == quotes and "\\" not in text and text.isprintable():
+    if text.count('"') == quotes and "\\" not in text and _printable(text):
         return text
     return ",".join([_artifact_item(art) for art in arts])
 
@@ -239,7 +250,7 @@ def _file_items(paths: list[str], files: dict[str, FileEntry]) -> bytes:
     if not any(entry.retired for entry in entries):
         text = ",".join([f'"{path}":{{"sha256":"{entry.sha256}","size":{int(entry.size)}}}'
                          for path, entry in zip(paths, entries, strict=True)])
-        if text.count('"') == 8 * len(paths) and "\\" not in text and text.isprintable():
+        if text.count('"') == 8 * len(paths) and "\\" not in text and _printable(text):
             return text.encode()
     return b",".join([_file_item(path, entry) for path, entry in zip(paths, entries, strict=True)])
 
@@ -379,12 +390,17 @@ class Previous:
 
     version: int
     uploaded: dict[str, str]  # SHA-256 -> when that content first entered the repository
-    #: every blob, .metadata and by-hash file it listed (the candidates to keep as retired)
-    kept_files: dict[str, FileEntry]
+    #: every blob, .metadata and by-hash file it listed (the candidates to keep as retired),
+    #: as (size, sha256, retired): a build drops nearly all of them (they are still current),
+    #: so no FileEntry is made for each (~4 ms at 10,000 artifacts)
+    kept_files: dict[str, Kept]
+
+
+Kept = tuple[int, str, "str | None"]  # a FileEntry's fields, in its order
 
 
 #: the summary's format: a header line, then marshal frames (see :func:`write_summary`)
-_SUMMARY_MAGIC = b"repobuild-summary\n2 %d\n" % marshal.version
+_SUMMARY_MAGIC = b"repobuild-summary\n3 %d\n" % marshal.version
 _FRAME = struct.Struct("<I")  # the length of the marshal data that follows
 _FRAME_ENTRIES = 4096
 
@@ -403,22 +419,23 @@ def write_summary(write: Callable[[bytes], object], version: int, artifacts: lis
 
     write(_SUMMARY_MAGIC)
     frame((key, int(version)))
+    # frames of dicts: marshal makes them, and they are merged without a Python call per entry
     for start in range(0, len(artifacts), _FRAME_ENTRIES):
-        frame(("u", [(a.sha256, a.uploaded) for a in artifacts[start:start + _FRAME_ENTRIES]]))
-    kept = [(path, f.size, f.sha256, f.retired) for path, f in files.items()
+        frame(("u", {a.sha256: a.uploaded for a in artifacts[start:start + _FRAME_ENTRIES]}))
+    kept = [(path, (f.size, f.sha256, f.retired)) for path, f in files.items()
             if path.startswith("blobs/") or "/by-hash/" in path]
     # Files listed under "files" win over the artifacts' entries, as in previous(); an entry
     # read later replaces one read earlier, so the artifacts' entries go first.
     for start in range(0, len(artifacts), _FRAME_ENTRIES):
-        own: list[tuple[str, int, str, None]] = []
+        own: dict[str, Kept] = {}
         for a in artifacts[start:start + _FRAME_ENTRIES]:
             blob = a.blob
-            own.append((blob, a.size, a.sha256, None))
+            own[blob] = (a.size, a.sha256, None)
             if a.metadata_sha256:
-                own.append((blob + ".metadata", -1, a.metadata_sha256, None))
+                own[blob + ".metadata"] = (-1, a.metadata_sha256, None)
         frame(("k", own))
     for start in range(0, len(kept), _FRAME_ENTRIES):
-        frame(("k", kept[start:start + _FRAME_ENTRIES]))
+        frame(("k", dict(kept[start:start + _FRAME_ENTRIES])))
 
 
 def read_summary(data: bytes, key: str) -> Previous | None:
@@ -429,7 +446,7 @@ def read_summary(data: bytes, key: str) -> Previous | None:
     view = memoryview(data)
     at = len(_SUMMARY_MAGIC)
     uploaded: dict[str, str] = {}
-    kept: dict[str, FileEntry] = {}
+    kept: dict[str, Kept] = {}
     try:
         head: Any = None
         while at < len(data):  # frame by frame: never all of them and their entries at once
@@ -445,11 +462,14 @@ def read_summary(data: bytes, key: str) -> Previous | None:
                     return None
                 continue
             kind, items = frame
+            if type(items) is not dict:
+                return None
             if kind == "u":
                 uploaded.update(items)
             elif kind == "k":
-                kept.update((path, FileEntry(size, sha256, retired))
-                            for path, size, sha256, retired in items)
+                if items and not _kept_entries(items.values()):
+                    return None
+                kept.update(items)
             else:
                 return None
             del frame, items
@@ -460,19 +480,30 @@ def read_summary(data: bytes, key: str) -> Previous | None:
         return None
 
 
+def _kept_entries(values: Collection[Any]) -> bool:
+    """Each value is a (size, sha256, retired) tuple of the right types: checked column by
+    column, without a Python call per entry."""
+    if set(map(type, values)) != {tuple} or set(map(len, values)) != {3}:
+        return False
+    sizes, digests, retired = zip(*values, strict=True)
+    return (set(map(type, sizes)) == {int} and set(map(type, digests)) == {str}
+            and set(map(type, retired)) <= {str, type(None)})
+
+
 def previous(data: bytes) -> Previous:
     """What a build needs of the index it replaces; only the entries it keeps are checked
     further than :func:`parse`'s artifact checks (a third of the time of a whole parse)."""
     _doc, version, arts, files = _load(data)
     uploaded = {str(a["sha256"]): str(a["uploaded"]) for a in arts
                 if isinstance(a.get("uploaded"), str)}
-    kept: dict[str, FileEntry] = {
-        p: _file_entry(p, f) for p, f in files.items()
-        if p.startswith("blobs/") or "/by-hash/" in p
-    }
+    kept: dict[str, Kept] = {}
+    for p, f in files.items():
+        if p.startswith("blobs/") or "/by-hash/" in p:
+            entry = _file_entry(p, f)
+            kept[p] = (entry.size, entry.sha256, entry.retired)
     for a in arts:
-        kept.setdefault(a["blob"], FileEntry(int(a["size"]), str(a["sha256"])))
+        kept.setdefault(a["blob"], (int(a["size"]), str(a["sha256"]), None))
         meta = a.get("metadata")
         if isinstance(meta, dict) and isinstance(meta.get("path"), str):
-            kept.setdefault(meta["path"], FileEntry(-1, str(meta.get("sha256", ""))))
+            kept.setdefault(meta["path"], (-1, str(meta.get("sha256", "")), None))
     return Previous(version, uploaded, kept)
