@@ -153,20 +153,35 @@ def _saved_summary(tree: OutTree, index: Path) -> manifest.Previous | None:
     return manifest.read_summary(data, key)
 
 
-def _save_summary(tree: OutTree, version: int, arts: list[Artifact],
-                  listed: dict[str, FileEntry]) -> None:
-    """Saved after index.json is in place, under its stamp: a build killed in between leaves an
-    older summary, whose stamp no longer matches, so the next build reads index.json instead."""
+def _start_summary(tree: OutTree, arts: list[Artifact],
+                   listed: dict[str, FileEntry]) -> Path | None:
+    """The summary's entries, written aside before index.json is in place (the file, or None
+    if it could not be written: only a cache, the next build reads index.json)."""
     tmp = tree.temp_path()
     try:
-        key = _index_key(tree.path(INDEX))
         with open(tmp, "wb") as fh:
-            manifest.write_summary(fh.write, version, arts, listed, key)
-        os.replace(tmp, tree.state / SUMMARY)
+            manifest.start_summary(fh.write, arts, listed)
+        return tmp
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return None
+
+
+def _save_summary(tree: OutTree, version: int, started: Path | None) -> None:
+    """Completed and put in place after index.json is in place, under its stamp: a build
+    killed in between leaves an older summary, whose stamp no longer matches, so the next build
+    reads index.json instead. (An unfinished one is in OUT/.repobuild/tmp, removed at the end.)"""
+    if started is None:
+        return
+    try:
+        key = _index_key(tree.path(INDEX))
+        with open(started, "ab") as fh:
+            manifest.end_summary(fh.write, version, key)
+        os.replace(started, tree.state / SUMMARY)
         for name in OLD_SUMMARIES:
             (tree.state / name).unlink(missing_ok=True)
     except OSError:
-        tmp.unlink(missing_ok=True)  # only a cache: the next build reads index.json
+        started.unlink(missing_ok=True)  # only a cache: the next build reads index.json
 
 
 def _read_previous(index: str) -> manifest.Previous:
@@ -894,10 +909,17 @@ def build(
         listed = current  # and the kept ones: no copy of 250,000 entries
         listed.update(kept)
 
-        if provenance is not None:  # in-toto: the owner's layout and the builder's link
+        # in-toto: the owner's layout and the builder's link, signed in a thread while the
+        # summary's entries are written (the in-toto files are no candidates for keeping)
+        signed_link = None
+        if provenance is not None:
             layout, writer = provenance
-            link_name, link_bytes = writer.products(_Products(blob_paths, listed))
+            signed_link = writer.products_signing(_Products(blob_paths, listed))
             del provenance, writer
+        summary = _start_summary(tree, arts, listed)
+        if signed_link is not None:
+            link_name, link_bytes = signed_link()
+            del signed_link
             in_toto: list[tuple[str, bytes | bytearray]] = [
                 ("in-toto/root.layout", layout), (f"in-toto/{link_name}", link_bytes)]
             del layout, link_bytes
@@ -938,7 +960,7 @@ def build(
             tree.write(path, data)
         failed = False
         history()
-        _save_summary(tree, version, arts, listed)
+        _save_summary(tree, version, summary)
         for item in ingested:
             if item.stamp is not None:
                 cache.record(item.artifact, item.stamp, metadata_sizes.get(item.artifact.path))

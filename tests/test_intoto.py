@@ -227,6 +227,31 @@ def test_layout_and_link_are_deterministic(keys: Keys) -> None:
     assert link["name"] == "build"
 
 
+def test_link_signed_in_a_thread_is_the_same_and_a_failure_comes_when_asked(
+        keys: Keys) -> None:
+    """products_signing signs while the caller goes on: its link is the one products() makes,
+    and a signer that fails raises ValidationError when the link is asked for."""
+    materials, products = _hashes(SOURCE_FILES), _hashes(OUT_FILES)
+    expected = intoto.make_link(keys.builder_key, materials=materials, products=products,
+                                command=["repobuild", "build"])
+    writer = intoto.LinkWriter(keys.builder_key, command=["repobuild", "build"])
+    writer.materials(materials)
+    assert writer.products_signing(products)() == expected
+
+    class Broken(Exception):
+        pass
+
+    def broken(_data: object) -> dict[str, str]:
+        raise Broken("the key is gone")
+
+    writer = intoto.LinkWriter(keys.builder_key, command=["repobuild", "build"])
+    writer.materials(materials)
+    writer._signer.sign = broken  # type: ignore[method-assign]
+    link = writer.products_signing(products)  # no error yet: it comes with the link
+    with pytest.raises(ValidationError, match="cannot sign the in-toto link: the key is gone"):
+        link()
+
+
 def test_layout_content(keys: Keys) -> None:
     doc = json.loads(intoto.make_layout(keys.owner_key, keys.builder_pub, expires=_future()))
     signed = doc["signed"]

@@ -399,9 +399,10 @@ class Previous:
 Kept = tuple[int, str, "str | None"]  # a FileEntry's fields, in its order
 
 
-#: the summary's format: a header line, then marshal frames (see :func:`write_summary`)
+#: the summary's format: a header line, marshal frames of entries, then the head frame (the
+#: index's key and version) and its length (see :func:`write_summary`)
 _SUMMARY_MAGIC = b"repobuild-summary\n3 %d\n" % marshal.version
-_FRAME = struct.Struct("<I")  # the length of the marshal data that follows
+_FRAME = struct.Struct("<I")  # the length of the marshal data that follows (the head's: after)
 _FRAME_ENTRIES = 4096
 
 
@@ -411,17 +412,30 @@ def write_summary(write: Callable[[bytes], object], version: int, artifacts: lis
     :func:`previous` gives for it), to be saved beside it in OUT/.repobuild/ under ``key`` (what
     identifies that index file). Local state, written and read by this tool only: ``marshal``
     frames of a few thousand entries, never the whole at once (150,000 entries at 100,000
-    artifacts); it loads in a fifth of the time of the same as JSON."""
-    def frame(obj: tuple[Any, ...]) -> None:
-        data = marshal.dumps(obj, 4)
-        write(_FRAME.pack(len(data)))
-        write(data)
+    artifacts); it loads in a fifth of the time of the same as JSON.
 
+    In two steps, :func:`start_summary` and :func:`end_summary`: the entries are known before
+    the index is in place, its key only after (a build writes them while the in-toto link is
+    signed)."""
+    start_summary(write, artifacts, files)
+    end_summary(write, version, key)
+
+
+def _frame(write: Callable[[bytes], object], obj: tuple[Any, ...]) -> int:
+    data = marshal.dumps(obj, 4)
+    write(_FRAME.pack(len(data)))
+    write(data)
+    return len(data)
+
+
+def start_summary(write: Callable[[bytes], object], artifacts: list[Artifact],
+                  files: dict[str, FileEntry]) -> None:
+    """The header and the entries of :func:`write_summary`."""
     write(_SUMMARY_MAGIC)
-    frame((key, int(version)))
     # frames of dicts: marshal makes them, and they are merged without a Python call per entry
     for start in range(0, len(artifacts), _FRAME_ENTRIES):
-        frame(("u", {a.sha256: a.uploaded for a in artifacts[start:start + _FRAME_ENTRIES]}))
+        _frame(write, (
+            "u", {a.sha256: a.uploaded for a in artifacts[start:start + _FRAME_ENTRIES]}))
     kept = [(path, (f.size, f.sha256, f.retired)) for path, f in files.items()
             if path.startswith("blobs/") or "/by-hash/" in path]
     # Files listed under "files" win over the artifacts' entries, as in previous(); an entry
@@ -433,34 +447,43 @@ def write_summary(write: Callable[[bytes], object], version: int, artifacts: lis
             own[blob] = (a.size, a.sha256, None)
             if a.metadata_sha256:
                 own[blob + ".metadata"] = (-1, a.metadata_sha256, None)
-        frame(("k", own))
+        _frame(write, ("k", own))
     for start in range(0, len(kept), _FRAME_ENTRIES):
-        frame(("k", dict(kept[start:start + _FRAME_ENTRIES])))
+        _frame(write, ("k", dict(kept[start:start + _FRAME_ENTRIES])))
+
+
+def end_summary(write: Callable[[bytes], object], version: int, key: str) -> None:
+    """The head of :func:`write_summary`, after its entries: the frame, then its length."""
+    data = marshal.dumps((key, int(version)), 4)
+    write(data)
+    write(_FRAME.pack(len(data)))
 
 
 def read_summary(data: bytes, key: str) -> Previous | None:
     """The saved summary, when it is one saved under this ``key``; else None (then the index
-    itself is read: :func:`previous`)."""
-    if not data.startswith(_SUMMARY_MAGIC):
+    itself is read: :func:`previous`). The head (at the end) is read first: a summary of another
+    index is not read further."""
+    if not data.startswith(_SUMMARY_MAGIC) or len(data) < len(_SUMMARY_MAGIC) + _FRAME.size:
         return None
     view = memoryview(data)
     at = len(_SUMMARY_MAGIC)
     uploaded: dict[str, str] = {}
     kept: dict[str, Kept] = {}
     try:
-        head: Any = None
-        while at < len(data):  # frame by frame: never all of them and their entries at once
+        (head_size,) = _FRAME.unpack_from(data, len(data) - _FRAME.size)
+        end = len(data) - _FRAME.size - head_size  # where the entries end and the head begins
+        if end < at:
+            return None
+        head = marshal.loads(view[end:len(data) - _FRAME.size])
+        if type(head) is not tuple or len(head) != 2 or head[0] != key:
+            return None
+        while at < end:  # frame by frame: never all of them and their entries at once
             (length,) = _FRAME.unpack_from(data, at)
             at += _FRAME.size
-            if at + length > len(data):
+            if at + length > end:
                 return None
             frame = marshal.loads(view[at:at + length])
             at += length
-            if head is None:
-                head = frame
-                if type(head) is not tuple or head[0] != key:
-                    return None
-                continue
             kind, items = frame
             if type(items) is not dict:
                 return None
@@ -473,8 +496,6 @@ def read_summary(data: bytes, key: str) -> Previous | None:
             else:
                 return None
             del frame, items
-        if head is None:
-            return None
         return Previous(_int(head[1], "version"), uploaded, kept)
     except (ValueError, EOFError, TypeError, IndexError, struct.error, ManifestError):
         return None
