@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
@@ -724,6 +725,7 @@ def build(
     landing = False  # from here on, a failure keeps what this build placed
     created: list[str] = []  # blobs and .metadata files this build added to OUT
     page_record: KnownWriter | None = None  # dropped unless it lands with the build
+    finished = False  # the build returns its result
     metadata_sizes: dict[str, int] = {}
     stack = ExitStack()  # files open until the build is over
     try:
@@ -931,6 +933,9 @@ def build(
         index.files(listed)
         index_fh.close()
         signatures = _sign_index(keys, index_tmp, index_hash.digest(), index_sig[0].finish())
+        # gpg has signed all it signs: its agent is stopped and its home removed (~5 ms, mostly
+        # waiting for gpgconf) while the build lands; the keys' close at the end waits for it
+        threading.Thread(target=keys.gpg.close, name="gpg close", daemon=True).start()
         errors: list[str] = []
         if sigstore:
             from repobuild.signing.keyless import KeylessError, sign_keyless
@@ -986,13 +991,16 @@ def build(
                 "signatures; never publish this tree"
             )
         result.seconds = time.monotonic() - started
+        finished = True
         return result
     finally:
         if scanned is not None:  # its survey of OUT, if still running, is of no use now
             scanned.close()
         stack.close()
         keep_compiled(None)
-        workers.close()
+        # a build that finished left no work in them (a CLI build ended its process ~5 ms
+        # sooner); one that failed waits for what they still do in OUT
+        workers.close(wait=not finished)
         if page_record is not None:
             page_record.discard()  # nothing left to drop once it has landed
         if failed and not landing:

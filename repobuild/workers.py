@@ -83,7 +83,9 @@ class Workers:
         assert self._pool is not None
         return self._pool.submit(fn, *args)
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the workers; ``wait=False`` when none has work left (they exit as they get
+        the pool's last message; a build that then ends its process kills them with it)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=wait, cancel_futures=True)
             self._pool = None

@@ -157,3 +157,20 @@ def test_clearsign_and_detached_sign_fail_alike_without_a_signature(tmp_path: Pa
         ok = subprocess.run(["gpgv", "--keyring", str(tmp_path / "repo.gpg"),
                              *[str(tmp_path / a) for a in args]], capture_output=True, text=True)
         assert ok.returncode == 0, ok.stderr
+
+
+def _agents() -> set[str]:
+    """The command lines of the gpg-agents of builds' gpg homes (/tmp/rbg-*) now running."""
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True)
+    return {line.strip() for line in ps.stdout.splitlines()
+            if "gpg-agent" in line and "/tmp/rbg-" in line}
+
+
+def test_a_build_leaves_no_gpg_home_and_no_agent(tmp_path: Path) -> None:
+    """The gpg home of a build (and its agent) is gone when the command returns: it is stopped
+    while the build lands, in a thread of its own, and the build waits for that at its end."""
+    homes, agents = set(Path("/tmp").glob("rbg-*")), _agents()
+    for out in (tmp_path / "out", tmp_path / "out"):  # a first build, then a rebuild
+        repobuild("build", FIXTURES, "--out", out, "--keys", DEMO_KEYS, check=True)
+        assert set(Path("/tmp").glob("rbg-*")) <= homes
+        assert _agents() <= agents

@@ -39,14 +39,21 @@ class GpgHome:
             args += ["--faked-system-time", f"{faked_time}!", "--ignore-time-conflict"]
         self.gpg = gnupg.GPG(gnupghome=str(self.path), options=args)
         self.gpg.encoding = "utf-8"
+        self._closing = threading.Lock()
+        self._closed = False
 
     def close(self) -> None:
-        subprocess.run(
-            ["gpgconf", "--homedir", str(self.path), "--kill", "gpg-agent"],
-            capture_output=True,
-            check=False,
-        )
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Idempotent, and safe from any thread: a second call returns once the first is done."""
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            subprocess.run(
+                ["gpgconf", "--homedir", str(self.path), "--kill", "gpg-agent"],
+                capture_output=True,
+                check=False,
+            )
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def __enter__(self) -> GpgHome:
         return self
