@@ -19,7 +19,7 @@ import hashlib
 import marshal
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +68,24 @@ def project_key(renderer: str, name: str, files: Sequence[tuple[Any, ...]]) -> s
     type, and none shared between objects (format 3 on marks objects referenced twice, which
     depends on the process), so no two different inputs encode alike. A third of the time of
     the JSON that was used before (~3 µs a project, in the workers that check the pages)."""
-    data = marshal.dumps((name, [tuple(f) for f in files]), 2)
-    return hashlib.sha256(renderer.encode() + b"\0" + data).hexdigest()
+    return _key_maker(renderer)(name, files)
+
+
+def _key_maker(renderer: str) -> Callable[[str, Sequence[tuple[Any, ...]]], str]:
+    """:func:`project_key` for one renderer, the renderer's part hashed once."""
+    base = hashlib.sha256(renderer.encode() + b"\0")
+    dumps = marshal.dumps
+
+    def key(name: str, files: Sequence[tuple[Any, ...]]) -> str:
+        h = base.copy()
+        # files as plain tuples (as marshal hands them to the workers) are dumped as they are
+        # (marshal refuses anything else: a named tuple among them is no silent difference)
+        plain: Any = files if type(files) is list and files and type(files[0]) is tuple else [
+            tuple(f) for f in files]
+        h.update(dumps((name, plain), 2))
+        return h.hexdigest()
+
+    return key
 
 
 def pack_projects(projects: list[Project]) -> bytes:
@@ -97,19 +113,42 @@ def stage_project_pages(
     entries for the next record (:func:`record_entries`) and one :data:`PageRow` per project:
     one tuple, since the rows of every batch can wait at once for the build to take them."""
     known = _known(known_in, renderer) if known_in and renderer else None
+    find = known.get if known else None
+    key_of = _key_maker(renderer) if renderer else None
+    stat = os.stat
     pages: list[tuple[str, bytes | bytearray]] = []
+    # the next record's entries (name, *Known) and, for each, where its pages were staged
     rows: list[tuple[str, str, int, str, int, str, PageStamp, PageStamp]] = []
     for name, files in projects:
-        key = project_key(renderer, name, files) if renderer else ""
-        html_rel, json_rel = page_paths(name)
-        hit = known.get(name) if known else None
+        key = key_of(name, files) if key_of is not None else ""
+        hit = find(name) if find is not None else None
         if hit is not None and usable(hit) and hit[0] == key and key:
-            html_stamp = _holds(f"{root}/{html_rel}", hit[1], hit[2], hit[5])
-            json_stamp = _holds(f"{root}/{json_rel}", hit[3], hit[4], hit[6]) if (
-                html_stamp is not None) else None
-            if json_stamp is not None:
-                rows.append((name, *hit[:5], html_stamp, json_stamp))
-                continue
+            # a page is known from its stamp when it still has the recorded one (the usual
+            # case, written out here: ~10,000 pages at every rebuild); else _holds hashes it
+            html_path = f"{root}/simple/{name}/index.html"
+            try:
+                st = stat(html_path)
+                html_stamp: list[int] | None = [st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                                st.st_ino]
+            except OSError:
+                html_stamp = None
+            if html_stamp is not None and (html_stamp != hit[5] or html_stamp[0] != hit[1]):
+                html_stamp = _holds(html_path, hit[1], hit[2], hit[5])
+            if html_stamp is not None:
+                json_path = f"{root}/simple/{name}/index.json"
+                try:
+                    st = stat(json_path)
+                    json_stamp: list[int] | None = [st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                                    st.st_ino]
+                except OSError:
+                    json_stamp = None
+                if json_stamp is not None and (json_stamp != hit[6] or json_stamp[0] != hit[3]):
+                    json_stamp = _holds(json_path, hit[3], hit[4], hit[6])
+                if json_stamp is not None:
+                    rows.append((name, key, hit[1], hit[2], hit[3], hit[4], html_stamp,
+                                 json_stamp))
+                    continue
+        html_rel, json_rel = page_paths(name)
         html, data = render_project(name, [SimpleFile._make(f) for f in files])
         pages.append((html_rel, html))
         pages.append((json_rel, data))
@@ -118,15 +157,16 @@ def stage_project_pages(
                      len(data), hashlib.sha256(data).hexdigest(), None, None))
     # where each written page was staged; a page taken as it is was not written, and its
     # None says the same as write_aside's: OUT holds these bytes already
-    where = dict(write_aside(root, pages))
-    out: list[PageRow] = []
-    for name, _key, hs, hh, js, jh, _html_stamp, _json_stamp in rows:
-        if where:
+    where = dict(write_aside(root, pages)) if pages else None
+    if where:
+        out: list[PageRow] = []
+        for name, _key, hs, hh, js, jh, _html_stamp, _json_stamp in rows:
             html_rel, json_rel = page_paths(name)
             out.append((name, hs, hh, where.get(html_rel), js, jh, where.get(json_rel)))
-        else:
-            out.append((name, hs, hh, None, js, jh, None))
-    return record_entries((row[0], row[1:]) for row in rows), out
+    else:
+        out = [(name, hs, hh, None, js, jh, None)
+               for name, _key, hs, hh, js, jh, _html_stamp, _json_stamp in rows]
+    return marshal.dumps(rows, 4), out  # as record_entries writes them
 
 
 def page_paths(name: str) -> tuple[str, str]:
@@ -226,8 +266,9 @@ def usable(entry: object) -> bool:
 
 
 def _is_stamp(value: object) -> bool:
-    return value is None or (type(value) is list and len(value) == 4
-                             and all(type(v) is int for v in value))
+    return value is None or (type(value) is list and len(value) == 4 and type(value[0]) is int
+                             and type(value[1]) is int and type(value[2]) is int
+                             and type(value[3]) is int)
 
 
 def record_entries(known: Iterable[tuple[str, Known]]) -> bytes:
