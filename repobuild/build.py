@@ -215,11 +215,11 @@ def _ingest_all(
     """
     slots: list[Ingested | None] = [None] * len(files)
     todo: list[int] = []
-    for pos, sf in enumerate(files):
-        art = cache.lookup(sf.rel, sf.size, sf.mtime_ns, sf.ctime_ns, sf.inode, sha512=sha512)
-        if art is not None and (art.kind != "wheel" or cache.metadata_size(sf.rel) is not None):
-            # its blob is taken to be in OUT: checked against the walk of OUT at the end (a stat
-            # per file here cost more than the rest of an unchanged rebuild)
+    # a cached file's blob is taken to be in OUT: checked against the walk of OUT at the end
+    # (a stat per file here cost more than the rest of an unchanged rebuild)
+    for pos, (sf, art) in enumerate(zip(files, cache.lookup_all(files, sha512=sha512),
+                                        strict=True)):
+        if art is not None:
             slots[pos] = Ingested(art, cached=True, src=sf.path)
         else:
             todo.append(pos)

@@ -16,14 +16,17 @@ from __future__ import annotations
 import marshal
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repobuild.formats.deb import DebInfo
 from repobuild.formats.pydist import DistInfo
 from repobuild.model import Artifact
+
+if TYPE_CHECKING:
+    from repobuild.scan import SourceFile
 
 CACHE_FILE = "cache.bin"
 OLD_FILES = ("cache.json",)  # earlier formats' files, removed when the cache is saved
@@ -107,28 +110,42 @@ class BuildCache:
             except (OSError, ValueError, EOFError, TypeError, struct.error):
                 self.entries = {}
 
-    def lookup(self, rel: str, size: int, mtime_ns: int, ctime_ns: int, inode: int, *,
-               sha512: bool) -> Artifact | None:
-        """The cached artifact when the entry matches the file on disk exactly (its stamp's
-        fields: no Stamp is made for each of 100,000 files)."""
-        entry = self.entries.pop(rel, None)  # looked up once: what is left is stale
-        if not self.enabled or entry is None:
-            return None
-        try:
-            if (entry[0] != size or entry[1] != mtime_ns or entry[2] != ctime_ns
-                    or entry[3] != inode):
-                self._dropped.add(rel)
-                return None
-            if sha512 and not entry[_SHA512]:
-                self._dropped.add(rel)
-                return None
-            art = _decode(rel, entry)
-        except (IndexError, KeyError, TypeError, ValueError):
-            self._dropped.add(rel)
-            return None
-        self.fresh[rel] = entry
-        self._hits += 1
-        return art
+    def lookup_all(self, files: Sequence[SourceFile], *, sha512: bool) -> list[Artifact | None]:
+        """The cached artifact of each file whose entry matches it on disk exactly (else None:
+        the file is read again), in one loop (~10,000 files at every rebuild); a wheel's only
+        with its .metadata file's size recorded. Each entry is looked up once: what is left
+        is stale."""
+        if not self.enabled:
+            for sf in files:
+                self.entries.pop(sf.rel, None)
+            return [None] * len(files)
+        pop, fresh, dropped = self.entries.pop, self.fresh, self._dropped
+        found: list[Artifact | None] = []
+        hits = 0
+        for _path, rel, size, mtime_ns, inode, ctime_ns in files:
+            entry = pop(rel, None)
+            if entry is None:
+                found.append(None)
+                continue
+            try:
+                if (entry[0] != size or entry[1] != mtime_ns or entry[2] != ctime_ns
+                        or entry[3] != inode or (sha512 and not entry[_SHA512])):
+                    dropped.add(rel)
+                    found.append(None)
+                    continue
+                art: Artifact | None = _decode(rel, entry)
+                if entry[_KIND] == "wheel" and not (len(entry) > _META_SIZE
+                                                    and isinstance(entry[_META_SIZE], int)):
+                    art = None  # read again (then recorded anew)
+            except (IndexError, KeyError, TypeError, ValueError):
+                dropped.add(rel)
+                found.append(None)
+                continue
+            fresh[rel] = entry
+            hits += 1
+            found.append(art)
+        self._hits += hits
+        return found
 
     def metadata_size(self, rel: str) -> int | None:
         entry = self.fresh.get(rel)

@@ -11,6 +11,7 @@ from pathlib import Path
 from repobuild import cache as cache_mod
 from repobuild.cache import CACHE_FILE, BuildCache, Stamp, read_entries
 from repobuild.model import Artifact
+from repobuild.scan import SourceFile
 
 
 def art(i: int) -> Artifact:
@@ -31,9 +32,11 @@ def first(state: Path, count: int) -> None:
 def rebuild(state: Path, present: range, changed: set[int], generation: int) -> BuildCache:
     """A build that looks up ``present`` and finds ``changed`` (and any not cached) new."""
     c = BuildCache(state)
-    for i in present:
-        a, st = art(i), stamp(i, generation if i in changed else 0)
-        if c.lookup(a.path, st.size, st.mtime_ns, st.ctime_ns, st.inode, sha512=False) is None:
+    arts = {i: (art(i), stamp(i, generation if i in changed else 0)) for i in present}
+    files = [SourceFile(a.path, a.path, st.size, st.mtime_ns, st.inode, st.ctime_ns)
+             for a, st in arts.values()]
+    for (a, st), found in zip(arts.values(), c.lookup_all(files, sha512=False), strict=True):
+        if found is None:
             c.record(a, st, None)
     c.save(state / "tmp")
     return c

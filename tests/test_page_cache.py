@@ -374,3 +374,16 @@ def test_no_batch_is_done_in_the_build_beyond_steal_batches(
     finally:
         workers.close()
     assert here == [] and [rows[0][0] for _r, rows in results] == [n for n, _ in projects]
+
+
+def test_quoted_is_urllib_quote() -> None:
+    """The project pages' links skip quote() for a path it would leave as it is, and give
+    what it gives for every other (a "+" of a local version, a space, non-ASCII)."""
+    from urllib.parse import quote
+
+    from repobuild.formats.simple import quoted
+
+    for code in range(0x250):
+        for path in (chr(code), f"blobs/sha256/ab/{chr(code)}x-1.0.whl", chr(code) * 2):
+            assert quoted(path) == quote(path), repr(path)
+    assert quoted("blobs/a/x-1.0+cpu-py3-none-any.whl").endswith("1.0%2Bcpu-py3-none-any.whl")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import NamedTuple
 from urllib.parse import quote
@@ -14,6 +15,14 @@ from repobuild.model import Artifact
 from repobuild.templating import render
 
 API_VERSION = "1.1"
+#: what urllib.parse.quote leaves as it is (its always-safe characters and "/"): a path of
+#: these only is its own quoted form, found at a third of quote's cost
+_QUOTE_SAFE = re.compile(r"[A-Za-z0-9_.~/-]*")
+
+
+def quoted(path: str) -> str:
+    """``quote(path)``, without calling it for a path it would leave as it is."""
+    return path if _QUOTE_SAFE.fullmatch(path) else quote(path)
 
 
 class SimpleFile(NamedTuple):  # made 10,000 at a time, and sent to the workers: a tuple
@@ -40,7 +49,7 @@ def project_files(arts: Iterable[Artifact]) -> dict[str, list[SimpleFile]]:
             art.filename,
             SimpleFile(
                 filename=art.filename,
-                url="../../" + quote(art.blob),
+                url="../../" + quoted(art.blob),
                 sha256=art.sha256,
                 size=art.size,
                 upload_time=art.uploaded,
