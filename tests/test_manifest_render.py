@@ -140,3 +140,22 @@ def test_printable_check_is_isprintable() -> None:
         for text in (f"a{chr(code)}b", chr(code), f"é{chr(code)}"):
             assert manifest._printable(text) == text.isprintable(), hex(code)
     assert manifest._printable("")
+
+
+def test_the_usual_entries_are_written_as_any_entry_is() -> None:
+    """The f-strings for the usual shapes (a .deb; a wheel with its .metadata, with or without
+    Requires-Python) give what the general writer gives, and every other shape goes to it."""
+    import itertools
+
+    debs = [None, DebInfo("p", "1.0", "amd64", "Package: p")]
+    dists = [None, DistInfo("P", "1.0", None, "s", b""), DistInfo("Q", "2.0", ">=3.8", "s", b"")]
+    count = 0
+    for deb, dist, meta, sha512, yanked, kind in itertools.product(
+            debs, dists, [None, _sha("m")], [None, "c" * 128], [None, "", "bad"],
+            ("deb", "wheel", "sdist", "file")):
+        art = Artifact(f"x/{kind}.f", f"{kind}.f", kind, 12, _sha("a"), sha512, deb=deb,
+                       dist=dist, component="main", uploaded="2026-01-01T00:00:00Z",
+                       yanked=yanked, metadata_sha256=meta)
+        assert manifest._artifact_raw(art) == manifest._artifact_raw_any(art), art
+        count += 1
+    assert count == 2 * 3 * 2 * 2 * 3 * 4
