@@ -94,28 +94,31 @@ class AptJob:
                     done: Future[bytes] = Future()
                     done.set_result(plain)
                     self._jobs.append((folder, "Packages", done))
-                    self._jobs.append((folder, "Packages.gz", self._gz(plain)))
-                    self._jobs.append((folder, "Packages.xz", self._xz(plain)))
+                    # a large file's parts, cut once for both compressions
+                    parts = xz.cut(plain) if len(plain) >= XZ_SPLIT_BYTES else None
+                    self._jobs.append((folder, "Packages.gz", self._gz(plain, parts)))
+                    self._jobs.append((folder, "Packages.xz", self._xz(plain, parts)))
         finally:
             self._pool.shutdown(wait=False)
 
-    def _gz(self, plain: bytes) -> Future[bytes] | _JoinedGz:
-        """Packages.gz under way: a large file as deflate segments of the same parts as its
-        xz blocks, each taken from the last build when it holds the same packages."""
-        if len(plain) < XZ_SPLIT_BYTES:
+    def _gz(self, plain: bytes, parts: list[bytes] | None) -> Future[bytes] | _JoinedGz:
+        """Packages.gz under way: a large file (``parts``: see xz.cut) as deflate segments of
+        the same parts as its xz blocks, each taken from the last build when it holds the same
+        packages."""
+        if parts is None:
             return self._pool.submit(gzip_bytes, plain)
         make = self._blocks.segment if self._blocks is not None else gz.segment
-        return _JoinedGz([self._pool.submit(make, part) for part in xz.cut(plain)],
+        return _JoinedGz([self._pool.submit(make, part) for part in parts],
                          zlib.crc32(plain), len(plain))
 
-    def _xz(self, plain: bytes) -> Future[bytes] | _Joined:
-        """Packages.xz under way: a large file in blocks, two compressed at once (its xz was
-        the longest step of the apt indices, and the last to end), each taken from the last
-        build when it holds the same packages, for ~2 % more bytes."""
-        if len(plain) < XZ_SPLIT_BYTES:
+    def _xz(self, plain: bytes, parts: list[bytes] | None) -> Future[bytes] | _Joined:
+        """Packages.xz under way: a large file (``parts``) in blocks, two compressed at once
+        (its xz was the longest step of the apt indices, and the last to end), each taken from
+        the last build when it holds the same packages, for ~2 % more bytes."""
+        if parts is None:
             return self._pool.submit(xz_bytes, plain)
         make = self._blocks.block if self._blocks is not None else xz.block
-        return _Joined([self._pool.submit(make, part) for part in xz.cut(plain)])
+        return _Joined([self._pool.submit(make, part) for part in parts])
 
     def finish(self, signer: GpgSigner, now: datetime) -> AptOutput:
         config = self.config

@@ -35,6 +35,9 @@ def deb_sort_key(art: Artifact) -> tuple[str, Version, str, str]:
 def packages_stanza(art: Artifact) -> str:
     """One Packages stanza: the control fields, then Filename, Size and the hashes."""
     assert art.deb is not None
+    if art.deb.control and not art.sha512:  # the usual stanza, in one f-string
+        return (f"{art.deb.control}\nFilename: {art.blob}\nSize: {art.size}\n"
+                f"SHA256: {art.sha256}\n")
     out = [art.deb.control] if art.deb.control else []
     out.append(f"Filename: {art.blob}")
     out.append(f"Size: {art.size}")
