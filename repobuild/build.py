@@ -350,13 +350,17 @@ def _in_workers(
         raise failure
 
 
-def _describe(art: Artifact, config: Config, first_seen: dict[str, str] | None,
+def _describe(arts: list[Artifact], config: Config, first_seen: dict[str, str] | None,
               stamp_now: str) -> None:
-    """What the build adds to a file's artifact: when it came, its component, yanked or not."""
-    art.uploaded = (first_seen or {}).get(art.sha256) or stamp_now
-    art.component = config.component_for(art.path)
-    if art.dist is not None:
-        art.yanked = config.yank_reason(art.path)
+    """What the build adds to each file's artifact: when it came, its component, yanked or not
+    (one loop: ~10,000 artifacts at every rebuild)."""
+    seen = (first_seen or {}).get
+    component_for, yank_reason = config.component_for, config.yank_reason
+    for art in arts:
+        art.uploaded = seen(art.sha256) or stamp_now
+        art.component = component_for(art.path)
+        if art.dist is not None:
+            art.yanked = yank_reason(art.path)
 
 
 PageBatch = tuple[bytes, list[PageRow]]
@@ -581,10 +585,7 @@ def _landing(
 ) -> bytes:
     """The landing page: how to use the repository, its keys, and what it holds (``projects``
     as the simple index lists them, in name order)."""
-    debs = sorted(
-        (a for a in arts if a.deb),
-        key=lambda a: (a.name or "", a.architecture or "", a.version or ""),
-    )
+    debs = sorted((a for a in arts if a.deb), key=_by_package)
     key_rows = [{"kind": "OpenPGP", "id": keys.gpg.key_id, "href": "keys/public.asc"}]
     if keys.cosign_public:
         key_rows.append(
@@ -622,6 +623,13 @@ def _landing(
         files=_Rows([a for a in arts if a.kind == "file"], lambda a: _FileRow(
             a.path, a.blob, a.size, a.sha256)),
     )
+
+
+def _by_package(art: Artifact) -> tuple[str, str, str]:
+    """The landing page's order of .deb packages: name, architecture, version (as text)."""
+    deb = art.deb
+    assert deb is not None
+    return deb.package, deb.architecture, deb.version
 
 
 def _by_version(versions: set[str]) -> list[str]:
@@ -758,8 +766,7 @@ def build(
                 if folder is None:
                     return
                 dists = [item.artifact for item in items if item.artifact.dist is not None]
-                for art in dists:
-                    _describe(art, config, None, stamp_now)
+                _describe(dists, config, None, stamp_now)
                 projects = list(project_files(dists).items())
                 early_pages.append((projects, _PageJobs(folder, workers, projects, renderer)))
 
@@ -774,14 +781,14 @@ def build(
         tree.use_workers(workers)
         arts = [i.artifact for i in ingested]
         _check_duplicates(arts)
-        first_seen = prev.uploaded if prev else {}
-        for art in arts:
-            _describe(art, config, first_seen, stamp_now)
+        _describe(arts, config, prev.uploaded if prev else None, stamp_now)
         if prev is not None:  # what is still current is no candidate for keeping as retired
             prev.uploaded = {}
+            drop = prev.kept_files.pop
             for art in arts:
-                prev.kept_files.pop(art.blob, None)
-                prev.kept_files.pop(art.blob + ".metadata", None)
+                blob = art.blob
+                drop(blob, None)
+                drop(blob + ".metadata", None)
 
         phase("rendering")
         # the project pages are rendered and written by the workers while this process

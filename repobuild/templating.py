@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from functools import cache
-from itertools import islice
+from itertools import chain, islice
 from operator import attrgetter
 from pathlib import Path
 from string import Formatter
@@ -43,23 +43,25 @@ def environment() -> jinja2.Environment:
 
 
 _ROWS_AT_ONCE = 4096
-_PLAIN = (str, int)  # values escaped together; anything else (Markup, say) one by one
+_PLAIN = {str, int}  # values escaped together; anything else (Markup, say) one by one
 
 
 def rows(items: Iterable[Any], row: str) -> Markup:
     """A table's rows, one per line: ``row`` is a ``str.format`` string naming attributes of
-    an item (``<tr><td>{name}</td></tr>``), and each value is escaped as autoescaping escapes
-    it, so ``{{ items|rows(row) }}`` gives what a ``{% for %}`` loop over ``row`` gives. A loop
-    escapes each value on its own and passes each piece through the template's generator:
-    ~10 x as slow for the landing page's 10,000 rows. Here the values of a few thousand rows
-    are escaped at once, joined by NUL (which escaping leaves as it is)."""
+    an item (``<tr><td>{name}</td></tr>``, or ``{deb.package}`` through an attribute), and each
+    value is escaped as autoescaping escapes it, so ``{{ items|rows(row) }}`` gives what a
+    ``{% for %}`` loop over ``row`` gives. A loop escapes each value on its own and passes each
+    piece through the template's generator: ~10 x as slow for the landing page's 10,000 rows.
+    Here the values of a few thousand rows are taken (attrgetter), checked, escaped (joined by
+    NUL, which escaping leaves as it is) and put in their rows without a Python call per
+    value."""
     names: list[str] = []
     parts: list[str] = []
     for literal, name, spec, conversion in Formatter().parse(row):
         parts.append(literal.replace("{", "{{").replace("}", "}}"))
         if name is None:
             continue
-        if spec or conversion or not name.isidentifier():
+        if spec or conversion or not all(part.isidentifier() for part in name.split(".")):
             raise ValueError(f"rows: only plain {{attribute}} fields, not {{{name}}}")
         if name not in names:
             names.append(name)
@@ -68,19 +70,20 @@ def rows(items: Iterable[Any], row: str) -> Markup:
     width = len(names)
     if not width:
         raise ValueError("rows: the row names no attribute")
-    get = attrgetter(*names) if width > 1 else (lambda item: (getattr(item, names[0]),))
+    one = attrgetter(names[0])
+    get = attrgetter(*names) if width > 1 else (lambda item: (one(item),))
     out: list[str] = []
     it = iter(items)
     while batch := list(islice(it, _ROWS_AT_ONCE)):
-        values = [value for item in batch for value in get(item)]
-        if all(type(value) in _PLAIN for value in values):
-            texts = [str(value) for value in values]
+        values = list(chain.from_iterable(map(get, batch)))
+        if set(map(type, values)) <= _PLAIN:
+            texts = list(map(str, values))
             escaped = str(escape("\0".join(texts))).split("\0")
             if len(escaped) != len(texts):  # a NUL of its own
                 escaped = [str(escape(text)) for text in texts]
         else:
             escaped = [str(escape(value)) for value in values]
-        out += [line.format(*escaped[at:at + width]) for at in range(0, len(escaped), width)]
+        out.extend(map(line.format, *(escaped[column::width] for column in range(width))))
     return Markup("\n".join(out))
 
 

@@ -78,9 +78,19 @@ def test_rows_filter_gives_what_the_loop_gives(monkeypatch: pytest.MonkeyPatch, 
 
 def test_rows_filter_refuses_what_it_cannot_fill() -> None:
     for row in ("<td>{0}</td>", "<td>{name!r}</td>", "<td>{size:>5}</td>", "<td></td>",
-                "<td>{a.b}</td>"):
+                "<td>{a[0]}</td>", "<td>{a.}</td>"):
         with pytest.raises(ValueError, match="rows:"):
             templating.rows([_Row(name="n", size=1)], row)
+
+
+def test_rows_filter_reads_an_attribute_through_another() -> None:
+    """``{deb.package}`` is the item's ``deb``'s ``package`` (the landing page's .deb rows),
+    escaped as any value is; with one field or several."""
+    items = [_Row(deb=_Row(package=f"p<{i}>", version=i), component="main") for i in range(3)]
+    assert str(templating.rows(items, "<td>{deb.package}</td>")) == (
+        "<td>p&lt;0&gt;</td>\n<td>p&lt;1&gt;</td>\n<td>p&lt;2&gt;</td>")
+    assert str(templating.rows(items[:1], "{deb.package} {deb.version} {component}")) == (
+        "p&lt;0&gt; 0 main")
 
 
 def test_compiled_templates_are_kept_and_a_bad_folder_is_no_error(tmp_path: Path) -> None:
