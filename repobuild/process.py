@@ -50,6 +50,7 @@ def fewer_collections() -> None:
     artifacts took 11.6-13.4 s instead of 13.2-14.4 s and adding one package to 10,000 ~0.1 s
     less, at the same peak memory (~450 MB at 100,000); freezing the modules, ~0.05 s less."""
     gc.set_threshold(*GC_THRESHOLD)
+    gc.enable()  # the command line turns it off while a build's modules load
     # what exists now (the modules, ~200,000 objects) is never collected: the first collection
     # of a build, after the workers are forked, traversed it all and so wrote to every page
     # the workers share with this process, copying each (~50 ms at 10,000 artifacts)

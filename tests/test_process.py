@@ -91,3 +91,21 @@ def test_the_build_command_sets_both_before_building(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(repobuild.build, "build", fake_build)
     CliRunner().invoke(app, ["build", "src", "--out", "out", "--keys", "keys"])
     assert calls == ["arena", "gc", "build"]
+
+
+def test_the_build_command_imports_without_collections_then_collects() -> None:
+    """The command line turns the collector off while a build's modules load (only for
+    ``build``), and fewer_collections turns it on again."""
+    probe = textwrap.dedent("""
+        import gc, sys
+        sys.argv = ["repobuild", *sys.argv[1:]]
+        import repobuild.cli
+        off = not gc.isenabled()
+        from repobuild.process import fewer_collections
+        fewer_collections()
+        print(off, gc.isenabled())
+    """)
+    for argv, off in ((["build", "src"], True), (["verify", "out"], False), ([], False)):
+        run = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True,
+                             text=True, check=True)
+        assert run.stdout.split() == [str(off), "True"], argv
