@@ -125,7 +125,8 @@ def stage_project_pages(
         if hit is not None and usable(hit) and hit[0] == key and key:
             # a page is known from its stamp when it still has the recorded one (the usual
             # case, written out here: ~10,000 pages at every rebuild); else _holds hashes it
-            html_path = f"{root}/simple/{name}/index.html"
+            html_rel, json_rel = page_paths(name)
+            html_path = f"{root}/{html_rel}"
             try:
                 st = stat(html_path)
                 html_stamp: list[int] | None = [st.st_size, st.st_mtime_ns, st.st_ctime_ns,
@@ -135,7 +136,7 @@ def stage_project_pages(
             if html_stamp is not None and (html_stamp != hit[5] or html_stamp[0] != hit[1]):
                 html_stamp = _holds(html_path, hit[1], hit[2], hit[5])
             if html_stamp is not None:
-                json_path = f"{root}/simple/{name}/index.json"
+                json_path = f"{root}/{json_rel}"
                 try:
                     st = stat(json_path)
                     json_stamp: list[int] | None = [st.st_size, st.st_mtime_ns, st.st_ctime_ns,
