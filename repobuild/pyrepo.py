@@ -124,31 +124,26 @@ def stage_project_pages(
         hit = find(name) if find is not None else None
         if hit is not None and usable(hit) and hit[0] == key and key:
             # a page is known from its stamp when it still has the recorded one (the usual
-            # case, written out here: ~10,000 pages at every rebuild); else _holds hashes it
+            # case, compared here: ~10,000 pages at every rebuild); else _holds hashes it
             html_rel, json_rel = page_paths(name)
-            html_path = f"{root}/{html_rel}"
-            try:
-                st = stat(html_path)
-                html_stamp: list[int] | None = [st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                                st.st_ino]
-            except OSError:
-                html_stamp = None
-            if html_stamp is not None and (html_stamp != hit[5] or html_stamp[0] != hit[1]):
-                html_stamp = _holds(html_path, hit[1], hit[2], hit[5])
-            if html_stamp is not None:
-                json_path = f"{root}/{json_rel}"
+            stamps: list[list[int]] = []
+            for rel, size, sha256, recorded in ((html_rel, hit[1], hit[2], hit[5]),
+                                                (json_rel, hit[3], hit[4], hit[6])):
+                path = f"{root}/{rel}"
                 try:
-                    st = stat(json_path)
-                    json_stamp: list[int] | None = [st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                                                    st.st_ino]
+                    st = stat(path)
                 except OSError:
-                    json_stamp = None
-                if json_stamp is not None and (json_stamp != hit[6] or json_stamp[0] != hit[3]):
-                    json_stamp = _holds(json_path, hit[3], hit[4], hit[6])
-                if json_stamp is not None:
-                    rows.append((name, key, hit[1], hit[2], hit[3], hit[4], html_stamp,
-                                 json_stamp))
-                    continue
+                    break
+                stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+                if stamp != recorded or st.st_size != size:
+                    hashed = _holds(path, size, sha256, recorded)
+                    if hashed is None:
+                        break
+                    stamp = hashed
+                stamps.append(stamp)
+            else:
+                rows.append((name, key, hit[1], hit[2], hit[3], hit[4], stamps[0], stamps[1]))
+                continue
         html_rel, json_rel = page_paths(name)
         html, data = render_project(name, [SimpleFile._make(f) for f in files])
         pages.append((html_rel, html))
