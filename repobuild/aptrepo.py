@@ -8,7 +8,9 @@ from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
+from repobuild import blockcache
 from repobuild.blockcache import BlockCache
 from repobuild.config import Config
 from repobuild.formats import gz, xz
@@ -27,6 +29,15 @@ DEFAULT_ARCH = "amd64"
 #: Packages files from this size on are xz-compressed in blocks cut by their content, two at
 #: once, and the blocks of the last build are used again (repobuild.blockcache)
 XZ_SPLIT_BYTES = 1 << 20
+
+
+T = TypeVar("T")
+
+
+def _done(value: T) -> Future[T]:
+    done: Future[T] = Future()
+    done.set_result(value)
+    return done
 
 
 class _Joined:
@@ -91,34 +102,45 @@ class AptJob:
                 for arch in self.arches:
                     plain = render_packages(grouped.get((component, arch), []))
                     folder = f"{component}/binary-{arch}"
-                    done: Future[bytes] = Future()
-                    done.set_result(plain)
-                    self._jobs.append((folder, "Packages", done))
-                    # a large file's parts, cut once for both compressions
+                    self._jobs.append((folder, "Packages", _done(plain)))
+                    # a large file's parts, cut once for both compressions, and named once
                     parts = xz.cut(plain) if len(plain) >= XZ_SPLIT_BYTES else None
-                    self._jobs.append((folder, "Packages.gz", self._gz(plain, parts)))
-                    self._jobs.append((folder, "Packages.xz", self._xz(plain, parts)))
+                    names = ([blockcache.digest(part) for part in parts]
+                             if parts is not None and self._blocks is not None else None)
+                    self._jobs.append((folder, "Packages.gz", self._gz(plain, parts, names)))
+                    self._jobs.append((folder, "Packages.xz", self._xz(plain, parts, names)))
         finally:
             self._pool.shutdown(wait=False)
 
-    def _gz(self, plain: bytes, parts: list[bytes] | None) -> Future[bytes] | _JoinedGz:
+    def _gz(self, plain: bytes, parts: list[bytes] | None,
+            names: list[bytes] | None) -> Future[bytes] | _JoinedGz:
         """Packages.gz under way: a large file (``parts``: see xz.cut) as deflate segments of
         the same parts as its xz blocks, each taken from the last build when it holds the same
-        packages."""
+        packages (looked up here: only new ones go to the threads)."""
         if parts is None:
             return self._pool.submit(gzip_bytes, plain)
-        make = self._blocks.segment if self._blocks is not None else gz.segment
-        return _JoinedGz([self._pool.submit(make, part) for part in parts],
-                         zlib.crc32(plain), len(plain))
+        blocks = self._blocks
+        if blocks is None or names is None:
+            segments = [self._pool.submit(gz.segment, part) for part in parts]
+        else:
+            segments = [_done(kept) if (kept := blocks.kept_segment(part, name)) is not None
+                        else self._pool.submit(blocks.make_segment, part, name)
+                        for part, name in zip(parts, names, strict=True)]
+        return _JoinedGz(segments, zlib.crc32(plain), len(plain))
 
-    def _xz(self, plain: bytes, parts: list[bytes] | None) -> Future[bytes] | _Joined:
+    def _xz(self, plain: bytes, parts: list[bytes] | None,
+            names: list[bytes] | None) -> Future[bytes] | _Joined:
         """Packages.xz under way: a large file (``parts``) in blocks, two compressed at once
         (its xz was the longest step of the apt indices, and the last to end), each taken from
         the last build when it holds the same packages, for ~2 % more bytes."""
         if parts is None:
             return self._pool.submit(xz_bytes, plain)
-        make = self._blocks.block if self._blocks is not None else xz.block
-        return _Joined([self._pool.submit(make, part) for part in parts])
+        blocks = self._blocks
+        if blocks is None or names is None:
+            return _Joined([self._pool.submit(xz.block, part) for part in parts])
+        return _Joined([_done(kept) if (kept := blocks.kept_block(part, name)) is not None
+                        else self._pool.submit(blocks.make_block, part, name)
+                        for part, name in zip(parts, names, strict=True)])
 
     def finish(self, signer: GpgSigner, now: datetime) -> AptOutput:
         config = self.config
