@@ -410,3 +410,18 @@ def test_keyless_staging_bundle_is_not_trusted_by_production(
     bundle, blob = keyless
     with pytest.raises(VerificationError, match="keyless bundle refused"):
         verify_keyless_bundle(bundle, blob, KEYLESS_IDENTITY, KEYLESS_ISSUER)
+
+
+@pytest.mark.parametrize("n_log2", [15, 17])
+def test_scrypt_by_libsodium_is_openssls(monkeypatch: pytest.MonkeyPatch, n_log2: int) -> None:
+    """The key is derived by libsodium's scrypt where PyNaCl has it, else by cryptography's:
+    the same bytes, at each cost cosign writes or reads."""
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    from repobuild.signing import cosign
+
+    salt, password = bytes(range(32)), "pässword".encode()
+    want = Scrypt(salt=salt, length=32, n=1 << n_log2, r=8, p=1).derive(password)
+    assert cosign._derive_key(password, salt, 1 << n_log2) == want
+    monkeypatch.setattr(cosign.nacl.bindings, "has_crypto_pwhash_scryptsalsa208sha256", False)
+    assert cosign._derive_key(password, salt, 1 << n_log2) == want
