@@ -76,8 +76,9 @@ class Workers:
             self._pool = ProcessPoolExecutor(
                 count, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)
             )
-            # forks every worker now (the fork start method starts them all at once)
-            self._pool.submit(_ready).result()
+            # forks every worker now, in this thread (with the fork start method, the first
+            # submit starts them all before it returns); its answer is not waited for (~5 ms)
+            self._pool.submit(_ready)
 
     def submit(self, fn: Any, *args: Any) -> Future[Any]:
         assert self._pool is not None
