@@ -124,7 +124,7 @@ def stage_project_pages(
         hit = find(name) if find is not None else None
         if hit is not None and usable(hit) and hit[0] == key and key:
             # a page is known from its stamp when it still has the recorded one (the usual
-            # case, compared here: ~10,000 pages at every rebuild); else _holds hashes it
+            # case, compared here: ~10,000 pages at every rebuild); else it is hashed
             html_rel, json_rel = page_paths(name)
             stamps: list[list[int]] = []
             for rel, size, sha256, recorded in ((html_rel, hit[1], hit[2], hit[5]),
@@ -135,11 +135,9 @@ def stage_project_pages(
                 except OSError:
                     break
                 stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-                if stamp != recorded or st.st_size != size:
-                    hashed = _holds(path, size, sha256, recorded)
-                    if hashed is None:
-                        break
-                    stamp = hashed
+                if (stamp != recorded or st.st_size != size) and _hashed(
+                        path, size, sha256, stamp) is None:
+                    break
                 stamps.append(stamp)
             else:
                 rows.append((name, key, hit[1], hit[2], hit[3], hit[4], stamps[0], stamps[1]))
@@ -170,16 +168,10 @@ def page_paths(name: str) -> tuple[str, str]:
     return f"simple/{name}/index.html", f"simple/{name}/index.json"
 
 
-def _holds(path: str, size: int, sha256: str, stamp: PageStamp) -> list[int] | None:
-    """The page's stamp if ``path`` holds ``size`` bytes with this SHA-256: known from the
-    recorded stamp when the page still has it, else read and hashed; None if it does not."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    now = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-    if stamp is not None and now == stamp and st.st_size == size:
-        return now
+def _hashed(path: str, size: int, sha256: str, before: list[int]) -> list[int] | None:
+    """``before``, the page's stamp taken before this read, if ``path`` holds ``size`` bytes
+    with this SHA-256 and still has that stamp after the read; None if not (a page written
+    meanwhile is hashed again at the next build)."""
     found = hash_file(path)
     try:
         after = os.stat(path)
@@ -187,9 +179,8 @@ def _holds(path: str, size: int, sha256: str, stamp: PageStamp) -> list[int] | N
         return None
     if found is None or (found.size, found.sha256) != (size, sha256):
         return None
-    # the stamp it had all along the read, or none (a page written meanwhile is hashed again)
-    return now if now == [after.st_size, after.st_mtime_ns, after.st_ctime_ns,
-                          after.st_ino] else None
+    return before if before == [after.st_size, after.st_mtime_ns, after.st_ctime_ns,
+                                after.st_ino] else None
 
 
 _LOADED: dict[tuple[str, str], tuple[tuple[int, int, int], dict[str, Any]]] = {}
