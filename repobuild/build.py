@@ -773,27 +773,26 @@ def build(
                 for art in debs:
                     art.component = config.component_for(art.path)
                 early.append(AptJob(debs, config, blocks))
-            elif group == "python" and first_build and workers.count:
-                # a first build: the workers write the project pages into a folder of their
-                # own, which lands whole (one rename) with the other indices
-                folder = tree.stage_folder("simple")
+            elif group == "python" and prev_known and workers.count:
+                # the workers check the recorded pages (and render what changed) from here, not
+                # after the rest is read and the apt indices are started (a rebuild that adds a
+                # .deb waited ~0-30 ms for the checks, ~25 ms later); a first build's pages go
+                # into a folder of their own, which lands whole (one rename) with the others
+                folder = tree.stage_folder("simple") if first_build else str(tree.root)
                 if folder is None:
                     return
-                dists = [item.artifact for item in items if item.artifact.dist is not None]
-                _describe(dists, config, None, stamp_now)
-                projects = list(project_files(dists).items())
-                early_pages.append((projects, _PageJobs(folder, workers, projects, renderer)))
-            elif group == "python" and prev_known and workers.count:
-                # a rebuild: the workers check the recorded pages (and render what changed)
-                # from here, not after the rest is read and the apt indices are started (a
-                # rebuild that adds a .deb waited ~0-30 ms for the checks, ~25 ms later)
-                dists = [item.artifact for item in items if item.artifact.dist is not None]
                 known = prev_job()
+                dists = [item.artifact for item in items if item.artifact.dist is not None]
                 _describe(dists, config, known.uploaded if known else None, stamp_now)
-                projects = list(project_files(dists).items())
-                early_pages.append((projects, _PageJobs(
-                    str(tree.root), workers, projects, renderer,
-                    str(tree.state) if known is not None else None)))
+                early_pages.append(start_pages(dists, folder, known))
+
+        def start_pages(dists: list[Artifact], root: str,
+                        known: manifest.Previous | None) -> tuple[list[Project], _PageJobs]:
+            """The project pages of these (described) artifacts, under way below ``root``;
+            those the last build recorded (if there was one) only checked."""
+            projects = list(project_files(dists).items())
+            return projects, _PageJobs(root, workers, projects, renderer,
+                                       str(tree.state) if known is not None else None)
 
         ingested = _ingest_all(
             files, tree, cache, workers, created,
@@ -821,9 +820,8 @@ def build(
         if early_pages:
             projects, page_jobs = early_pages.pop()
         else:
-            projects = list(project_files([a for a in arts if a.dist is not None]).items())
-            page_jobs = _PageJobs(str(tree.root), workers, projects, renderer,
-                                     str(tree.state) if prev is not None else None)
+            projects, page_jobs = start_pages([a for a in arts if a.dist is not None],
+                                              str(tree.root), prev)
         # OUT as it is before landing, for the pruning after it (what landing adds is listed):
         # walked by the child that walked SOURCE, since the build started (~0.1 s of CPU at
         # 10,000 artifacts; in a worker after the page batches, as it was, a rebuild that adds
