@@ -49,6 +49,7 @@ from repobuild.ingest import (
 from repobuild.keys import KeySet, check_keydir, load_keys, make_trust
 from repobuild.mirror.cachepolicy import render_headers_file, render_nginx_snippet
 from repobuild.model import Artifact, FileEntry
+from repobuild.process import settle
 from repobuild.pyrepo import (
     KnownWriter,
     PageRow,
@@ -226,6 +227,7 @@ def _ingest_all(
             slots[pos] = Ingested(art, cached=True, src=sf.path)
         else:
             todo.append(pos)
+    settle()
     done = len(files) - len(todo)
     if progress:
         progress(done, len(files))

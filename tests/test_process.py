@@ -9,8 +9,11 @@ import platform
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+from tests.clients import DEMO_KEYS
 
 glibc_only = pytest.mark.skipif(
     sys.platform != "linux" or platform.libc_ver()[0] != "glibc",
@@ -71,6 +74,43 @@ def test_fewer_collections_sets_the_build_threshold_and_freezes_what_exists() ->
     finally:
         gc.set_threshold(*before)
         gc.unfreeze()
+        process._settling = False
+
+
+def test_settle_freezes_only_in_the_command_lines_build(tmp_path: Path) -> None:
+    """A rebuild's cached artifacts are frozen once looked up, where the CLI runs the build;
+    a library caller's objects are left to its collector."""
+    from repobuild.build import build
+    from repobuild.config import Config
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "notes.txt").write_bytes(b"hello\n")
+    keys = DEMO_KEYS
+    gc.unfreeze()
+    build(src, out, keys, Config())
+    assert gc.get_freeze_count() == 0  # a library call: nothing frozen
+    probe = textwrap.dedent(f"""
+        import gc, sys
+        sys.argv = ["repobuild", "build"]
+        import repobuild.process as process
+        import repobuild.build as b
+        process.fewer_collections()
+        gc.unfreeze()
+        seen = []
+        settle = b.settle
+        def spy():
+            settle()
+            seen.append(gc.get_freeze_count())
+        b.settle = spy
+        from pathlib import Path
+        from repobuild.config import Config
+        b.build(Path({str(src)!r}), Path({str(out)!r}), Path({str(keys)!r}), Config())
+        print(len(seen), seen[0] > 0)
+    """)
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True)
+    assert run.stdout.split() == ["1", "True"]
 
 
 def test_the_build_command_sets_both_before_building(monkeypatch: pytest.MonkeyPatch) -> None:
