@@ -140,7 +140,10 @@ def check_keydir(keydir: Path) -> None:
 
 
 def _load_cosign(keydir: Path) -> Any:
+    from repobuild.process import background
     from repobuild.signing import cosign
+
+    background(5)  # this thread only, which ends with the job: the build's thread comes first
 
     try:
         return cosign.load_cosign_private_key(
