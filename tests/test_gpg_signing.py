@@ -4,6 +4,7 @@ sign (one behind a passphrase)."""
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 from pathlib import Path
@@ -49,7 +50,7 @@ def test_a_key_that_cannot_sign_fails_the_build_and_changes_nothing(tmp_path: Pa
 def test_a_streamed_signature_is_the_one_gpg_makes_of_the_whole(tmp_path: Path) -> None:
     """index.json is signed as it is written: piece by piece, the same signature as of the
     whole (the signature time fixed, as SOURCE_DATE_EPOCH fixes it), and it verifies."""
-    from repobuild.signing.gpg import GpgSigner
+    from repobuild.signing.gpg import PIPE_SIZE, GpgSigner
 
     data = b"".join(b'{"entry":%d},' % i for i in range(200_000))  # ~3 MB, past any buffer
     signer = GpgSigner(DEMO_KEYS / "gpg" / "secret.asc", faked_time=1_700_000_000)
@@ -57,6 +58,13 @@ def test_a_streamed_signature_is_the_one_gpg_makes_of_the_whole(tmp_path: Path) 
         stream = signer.sign_stream()
         for start in range(0, len(data), 65536):
             stream.write(data[start:start + 65536])
+        proc = stream._proc
+        assert proc is not None and proc.stdin is not None
+        if hasattr(fcntl, "F_GETPIPE_SZ") and Path("/proc/sys/fs/pipe-max-size").exists():
+            # a wide pipe to gpg: ~4 times fewer task switches feeding it a few MB
+            limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+            size = fcntl.fcntl(proc.stdin.fileno(), fcntl.F_GETPIPE_SZ)
+            assert size == PIPE_SIZE or limit < PIPE_SIZE, size
         streamed = stream.finish()
         assert streamed == signer.sign(data)
         stream = signer.sign_stream()
