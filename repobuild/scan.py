@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from repobuild.errors import UsageError, ValidationError
-from repobuild.fdio import write_all
+from repobuild.fdio import widen_pipe, write_all
 
 
 class SourceFile(NamedTuple):  # a tuple: a frozen dataclass cost ~1.5 µs more per file
@@ -127,6 +127,9 @@ class ScanAhead:
         ask = answer = (-1, -1)
         if out is not None:
             ask, answer = os.pipe(), os.pipe()
+        for fd in (write_fd, ask[1], answer[1]):
+            if fd >= 0:
+                widen_pipe(fd)  # the records of 10,000 files are ~1 MB
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child (coverage does not follow it)
             for fd in (read_fd, ask[1], answer[0]):

@@ -50,7 +50,8 @@ def test_a_key_that_cannot_sign_fails_the_build_and_changes_nothing(tmp_path: Pa
 def test_a_streamed_signature_is_the_one_gpg_makes_of_the_whole(tmp_path: Path) -> None:
     """index.json is signed as it is written: piece by piece, the same signature as of the
     whole (the signature time fixed, as SOURCE_DATE_EPOCH fixes it), and it verifies."""
-    from repobuild.signing.gpg import PIPE_SIZE, GpgSigner
+    from repobuild.fdio import PIPE_SIZE
+    from repobuild.signing.gpg import GpgSigner
 
     data = b"".join(b'{"entry":%d},' % i for i in range(200_000))  # ~3 MB, past any buffer
     signer = GpgSigner(DEMO_KEYS / "gpg" / "secret.asc", faked_time=1_700_000_000)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import queue
 import shutil
@@ -13,11 +12,11 @@ import time
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
 import gnupg
 
 from repobuild.errors import UsageError, ValidationError
+from repobuild.fdio import widen_pipe
 from repobuild.formats.armor import ArmorError, unarmor
 
 
@@ -101,7 +100,8 @@ class GpgSigner:
         cmd = gpg.make_args(["-sa", mode, "--default-key", self.key_id], False)
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=getattr(gpg, "env", None))
-        _widen(proc.stdin)
+        if proc.stdin is not None:
+            widen_pipe(proc.stdin.fileno())  # index.json: ~4 times fewer task switches
         return proc
 
     def _signature(self, proc: subprocess.Popen[bytes], out: bytes, err: bytes) -> bytes:
@@ -152,19 +152,6 @@ class GpgSigner:
 
     def close(self) -> None:
         self._home.close()
-
-
-#: the pipe to a signing gpg: a few MB (index.json) went through the default 64 KB in ~180
-#: turns of the feeding thread and gpg, each a switch of tasks on a two-core machine
-PIPE_SIZE = 1 << 20
-
-
-def _widen(pipe: IO[bytes] | None) -> None:
-    """Give ``pipe`` PIPE_SIZE bytes of buffer where the system allows it (Linux)."""
-    setsize = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if pipe is not None and setsize is not None:
-        with suppress(OSError):  # above /proc/sys/fs/pipe-max-size: the default stays
-            fcntl.fcntl(pipe.fileno(), setsize, PIPE_SIZE)
 
 
 class DetachedSignature:
