@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Container, Iterator, Mapping
+from collections.abc import Callable, Iterator, KeysView, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -670,30 +670,26 @@ class _Rows:
         return (self._row(item) for item in self._items)
 
 
-class _Either:
-    """Membership in either of two collections, without a set of both (~26,000 paths), for a
-    few lookups."""
-
-    def __init__(self, a: Container[str], b: Container[str]) -> None:
-        self._a, self._b = a, b
-
-    def __contains__(self, path: object) -> bool:
-        return path in self._a or path in self._b
-
-
 def _retained(
     prev: manifest.Previous | None,
-    current: Container[str],
+    current: tuple[Mapping[str, object], ...],
     tree: OutTree,
     now: datetime,
     keep_by_hash: timedelta,
 ) -> dict[str, FileEntry]:
-    """Older blobs (kept until `gc`) and by-hash files (kept for a while) still on disk."""
+    """Older blobs (kept until `gc`) and by-hash files (kept for a while) still on disk: what
+    the previous index listed and none of the ``current`` mappings holds. That is found by set
+    difference on their keys, with no Python call per path (~16,000 at 10,000 artifacts, nearly
+    all of them current): a loop over them took ~8 ms of a rebuild."""
     if prev is None:
         return {}
+    gone: set[str] | KeysView[str] = prev.kept_files.keys()
+    for mapping in current:
+        gone = gone - mapping.keys()
     kept: dict[str, FileEntry] = {}
-    for path, (size, sha256, was_retired) in prev.kept_files.items():
-        if path in current or size < 0:
+    for path in sorted(gone):
+        size, sha256, was_retired = prev.kept_files[path]
+        if size < 0:
             continue
         is_blob = path.startswith("blobs/")
         is_by_hash = "/by-hash/" in path and path.startswith("dists/")
@@ -937,7 +933,7 @@ def build(
 
         blob_paths = {a.blob: a.sha256 for a in arts}  # each blob path made once (a property)
         kept = _retained(
-            prev, _Either(current, blob_paths), tree, now,
+            prev, (current, blob_paths), tree, now,
             timedelta(days=config.by_hash_keep_days),
         )
         listed = current  # and the kept ones: no copy of 250,000 entries
