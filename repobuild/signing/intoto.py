@@ -602,7 +602,9 @@ def _clean_chunk(paths: list[str], digests: list[str]) -> bool:
     slashes (none holds a NUL), a path that is empty, starts or ends with "/" or has an empty
     component shows as "//", and a component starting with "." (clean, but left to the exact
     check) as "/."; a backslash (unclean) and a quote (to be escaped) need the exact path too.
-    Four scans of the joined paths, and the digests' characters deleted at once."""
+    A few scans of the joined paths (the two-character ones in one regular expression: a
+    path is mostly slashes and names, and ``"//" in`` and ``"/." in`` took ~1.8 ms each over
+    26,000 products), the digests' lengths counted and their characters deleted at once."""
     try:
         joined = "\x00" + "\x00".join(paths) + "\x00"
         hexes = "".join(digests)
@@ -611,11 +613,14 @@ def _clean_chunk(paths: list[str], digests: list[str]) -> bool:
     if joined.count("\x00") != len(paths) + 1:
         return False
     slashed = joined.replace("\x00", "/")
-    if "\\" in slashed or '"' in slashed or "//" in slashed or "/." in slashed:
+    if "\\" in slashed or '"' in slashed or _EMPTY_OR_DOT.search(slashed):
         return False
-    if len(hexes) != 64 * len(paths) or not all(len(d) == 64 for d in digests):
+    if set(map(len, digests)) != {64}:
         return False
     return not hexes.encode("ascii", "replace").translate(None, _HEX_DIGITS)
+
+
+_EMPTY_OR_DOT = re.compile("/[/.]")  # an empty path component, or one that starts with "."
 
 
 def _has_control(text: str) -> bool:
