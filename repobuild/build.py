@@ -361,11 +361,13 @@ def _describe(arts: list[Artifact], config: Config, first_seen: dict[str, str] |
     (one loop: ~10,000 artifacts at every rebuild)."""
     seen = (first_seen or {}).get
     component_for, yank_reason = config.component_for, config.yank_reason
+    # without component rules or yanked files (most repositories), no call per artifact
+    rules, yanked, default = bool(config.components), bool(config.yanked), config.default_component
     for art in arts:
         art.uploaded = seen(art.sha256) or stamp_now
-        art.component = component_for(art.path)
+        art.component = component_for(art.path) if rules else default
         if art.dist is not None:
-            art.yanked = yank_reason(art.path)
+            art.yanked = yank_reason(art.path) if yanked else None
 
 
 PageBatch = tuple[bytes, list[PageRow]]
