@@ -854,8 +854,9 @@ def build(
         mutable: list[str] = []  # files that the indices below name
         tops: list[str] = []  # Release & co, root pages, landing page, in-toto: land after
 
-        def stage(path: str, data: bytes | bytearray, group: list[str]) -> None:
-            size, digest = tree.stage(path, data)
+        def stage(path: str, data: bytes | bytearray, group: list[str],
+                  sha256: str | None = None) -> None:
+            size, digest = tree.stage(path, data, sha256)
             current[path] = FileEntry(size, digest)
             group.append(path)
 
@@ -910,9 +911,9 @@ def build(
         index_fh.flush()
         index_sig[0].write_file(str(index_tmp), index_fh.tell())  # what came before
         for path, data in apt.by_hash.items():
-            stage(path, data, immutable)
+            stage(path, data, immutable, apt.digests.get(path))
         for path, data in apt.mutable.items():
-            stage(path, data, mutable if "/binary-" in path else tops)
+            stage(path, data, mutable if "/binary-" in path else tops, apt.digests.get(path))
         del apt
         page_record = KnownWriter(tree.temp_path(), renderer)
         # a page OUT holds already (staged nowhere) is only listed: nothing is to land
@@ -951,14 +952,12 @@ def build(
         summary = _start_summary(tree, arts, listed)
         if signed_link is not None:
             link_name, link_bytes = signed_link()
-            del signed_link
-            in_toto: list[tuple[str, bytes | bytearray]] = [
-                ("in-toto/root.layout", layout), (f"in-toto/{link_name}", link_bytes)]
-            del layout, link_bytes
-            for path, content in sorted(in_toto):
-                stage(path, content, tops)
+            # in path order, as before: the link ("build.<keyid>.link"), then the layout
+            stage(f"in-toto/{link_name}", link_bytes, tops, signed_link.sha256())
+            stage("in-toto/root.layout", layout, tops)
+            for path in (f"in-toto/{link_name}", "in-toto/root.layout"):
                 listed[path] = current[path]
-            del in_toto, content
+            del signed_link, layout, link_bytes
 
         index.files(listed)
         index_fh.close()

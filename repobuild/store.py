@@ -149,10 +149,12 @@ class OutTree:
         top, sep, _rest = rel.partition("/")
         return self._folders.get(top) if sep else None
 
-    def stage(self, rel: str, data: bytes | bytearray) -> tuple[int, str]:
+    def stage(self, rel: str, data: bytes | bytearray,
+              sha256: str | None = None) -> tuple[int, str]:
         """Write ``data`` aside (unless OUT already holds exactly these bytes) and return
-        (size, sha256) at once; :meth:`commit_many` puts it in place later, by a rename."""
-        size, digest = len(data), hashlib.sha256(data).hexdigest()
+        (size, sha256) at once; :meth:`commit_many` puts it in place later, by a rename.
+        ``sha256``: the bytes' digest (hex), when the caller took it already."""
+        size, digest = len(data), sha256 or hashlib.sha256(data).hexdigest()
         folder = self._folder_of(rel)
         if folder is not None:
             write_aside(folder, [(rel, data)])

@@ -236,7 +236,9 @@ def test_link_signed_in_a_thread_is_the_same_and_a_failure_comes_when_asked(
                                 command=["repobuild", "build"])
     writer = intoto.LinkWriter(keys.builder_key, command=["repobuild", "build"])
     writer.materials(materials)
-    assert writer.products_signing(products)() == expected
+    pending = writer.products_signing(products)
+    assert pending() == expected
+    assert pending.sha256() == hashlib.sha256(expected[1]).hexdigest()  # taken in the thread
 
     class Broken(Exception):
         pass
@@ -250,6 +252,8 @@ def test_link_signed_in_a_thread_is_the_same_and_a_failure_comes_when_asked(
     link = writer.products_signing(products)  # no error yet: it comes with the link
     with pytest.raises(ValidationError, match="cannot sign the in-toto link: the key is gone"):
         link()
+    with pytest.raises(ValidationError, match="the key is gone"):
+        link.sha256()
 
 
 def test_layout_content(keys: Keys) -> None:

@@ -481,12 +481,10 @@ class LinkWriter:
         """The link's file name and bytes, signed."""
         return self.products_signing(products)()
 
-    def products_signing(
-        self, products: Mapping[str, str],
-    ) -> Callable[[], tuple[str, bytes | bytearray]]:
+    def products_signing(self, products: Mapping[str, str]) -> PendingLink:
         """:meth:`products`, the signature made in a thread while the caller goes on: the
-        function returned waits for it and gives the link. An Ed25519 signature over the
-        link's ~5 MB at 10,000 artifacts takes ~12 ms, without the GIL."""
+        :class:`PendingLink` returned waits for it and gives the link. An Ed25519 signature
+        over the link's ~5 MB at 10,000 artifacts takes ~12 ms, without the GIL."""
         if not self._given:
             raise RuntimeError("the materials come first")
         if self._done:
@@ -520,27 +518,9 @@ class LinkWriter:
                 "name": self._step,
                 "products": _artifacts(products, "product"),
             }), 0
-        signed: list[dict[str, str]] = []
-        failed: list[Exception] = []
-
-        def sign() -> None:
-            try:
-                signed.append(self._signer.sign(memoryview(signed_bytes)[reserve:]))
-            except Exception as exc:  # noqa: BLE001 - raised where the link is asked for
-                failed.append(exc)
-
-        signing = threading.Thread(target=sign, name="in-toto link", daemon=True)
-        signing.start()
-
-        def link() -> tuple[str, bytes | bytearray]:
-            signing.join()
-            if failed or not signed:
-                reason = failed[0] if failed else "no signature"
-                raise ValidationError(f"cannot sign the in-toto link: {reason}") from (
-                    failed[0] if failed else None)
-            return self._assemble(signed[0], signed_bytes, reserve, plain)
-
-        return link
+        return PendingLink(lambda signature: self._assemble(signature, signed_bytes, reserve,
+                                                            plain),
+                           self._signer.sign, memoryview(signed_bytes)[reserve:])
 
     def _assemble(self, signature: dict[str, str], signed_bytes: bytes | bytearray,
                   reserve: int, plain: bool) -> tuple[str, bytes | bytearray]:
@@ -558,6 +538,42 @@ class LinkWriter:
         signed_bytes[:reserve] = head + b',"signed":'
         signed_bytes += b"}\n"
         return name, signed_bytes
+
+
+class PendingLink:
+    """A link being signed in a thread of its own, which then puts the signature in and takes
+    the link's SHA-256 (~3 ms at 10,000 artifacts, without the GIL, while the build goes on).
+    Called, it waits and gives (file name, bytes), or raises ValidationError if it could not
+    be signed; :meth:`sha256` gives the digest of those bytes."""
+
+    def __init__(self, assemble: Callable[[dict[str, str]], tuple[str, bytes | bytearray]],
+                 sign: Callable[[memoryview], dict[str, str]], signed: memoryview) -> None:
+        self._link: tuple[str, bytes | bytearray] | None = None
+        self._digest = ""
+        self._failed: Exception | None = None
+
+        def work() -> None:
+            try:
+                signature = sign(signed)
+                signed.release()
+                self._link = assemble(signature)
+                self._digest = hashlib.sha256(self._link[1]).hexdigest()
+            except Exception as exc:  # noqa: BLE001 - raised where the link is asked for
+                self._failed = exc
+
+        self._thread = threading.Thread(target=work, name="in-toto link", daemon=True)
+        self._thread.start()
+
+    def __call__(self) -> tuple[str, bytes | bytearray]:
+        self._thread.join()
+        if self._link is None:
+            reason = self._failed or "no signature"
+            raise ValidationError(f"cannot sign the in-toto link: {reason}") from self._failed
+        return self._link
+
+    def sha256(self) -> str:
+        self()
+        return self._digest
 
 
 _CHUNK = 4096  # entries checked and encoded at once
