@@ -113,3 +113,41 @@ def test_compiled_templates_are_kept_and_a_bad_folder_is_no_error(tmp_path: Path
         assert templating.environment().bytecode_cache is None
     finally:
         templating.keep_compiled(None)
+
+
+ROOT_LOOP = """<!DOCTYPE html>
+<html>
+  <head>
+    <meta name="pypi:repository-version" content="{{ api_version }}">
+    <title>Simple index</title>
+  </head>
+  <body>
+{% for name in projects %}
+    <a href="{{ name }}/">{{ name }}</a>
+{% endfor %}
+  </body>
+</html>
+"""
+
+
+@pytest.mark.parametrize("names", [[], ["a"], ["a", "b-c", "x1"] * 2000,
+                                   ['q"uote', "back\\slash", "ünï", "tab\tx", "del\x7f", "<&>"]])
+def test_root_page_is_the_loops_and_its_json_the_encoders(names: list[str]) -> None:
+    """The simple root lists its projects through the rows filter (``{}``: the item itself)
+    and writes its JSON at once for plain names: the page the template's earlier loop gave,
+    the document json.dumps gives, whatever the names hold."""
+    from repobuild.formats import simple
+    from repobuild.formats.manifest import canonical
+
+    html, data = simple.render_root(names)
+    env = templating.environment()
+    want = env.from_string(ROOT_LOOP).render(api_version=simple.API_VERSION, projects=names)
+    assert html == want.encode()
+    assert data == canonical(
+        {"meta": {"api-version": simple.API_VERSION}, "projects": [{"name": n} for n in names]})
+
+
+def test_rows_filter_item_itself_only_alone() -> None:
+    assert str(templating.rows(["a<", "b"], "<i>{}</i>{}")) == "<i>a&lt;</i>a&lt;\n<i>b</i>b"
+    with pytest.raises(ValueError, match="only field"):
+        templating.rows(["a"], "{}{name}")
