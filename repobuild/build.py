@@ -37,6 +37,7 @@ from repobuild.formats import manifest
 from repobuild.formats.manifest import ManifestError, rfc3339
 from repobuild.formats.simple import project_files, render_root
 from repobuild.gc import record_history
+from repobuild.hashfile import HashingFile
 from repobuild.ingest import (
     Ingested,
     Job,
@@ -886,12 +887,10 @@ def build(
         # hashed meanwhile (cosign signs the digest), and renamed into place when its turn
         # comes.
         index_tmp = tree.temp_path()
-        index_hash = hashlib.sha256()
-        index_fh = stack.enter_context(open(index_tmp, "wb"))
+        index_fh = stack.enter_context(HashingFile(index_tmp))  # written by a thread
         index_sig: list[DetachedSignature] = []  # gpg's, fed from the apt signatures on
 
         def write(piece: bytes) -> None:
-            index_hash.update(piece)
             index_fh.write(piece)
             for signature in index_sig:
                 signature.write(piece)
@@ -908,8 +907,7 @@ def build(
         # at work through one agent failed a signature once (0e6cf49).
         index_sig.append(keys.gpg.sign_stream())
         stack.callback(index_sig[0].abort)  # a no-op once the signature is finished
-        index_fh.flush()
-        index_sig[0].write_file(str(index_tmp), index_fh.tell())  # what came before
+        index_sig[0].write_file(str(index_tmp), index_fh.written())  # what came before
         for path, data in apt.by_hash.items():
             stage(path, data, immutable, apt.digests.get(path))
         for path, data in apt.mutable.items():
@@ -960,8 +958,7 @@ def build(
             del signed_link, layout, link_bytes
 
         index.files(listed)
-        index_fh.close()
-        signatures = _sign_index(keys, index_tmp, index_hash.digest(), index_sig[0].finish())
+        signatures = _sign_index(keys, index_tmp, index_fh.close(), index_sig[0].finish())
         # gpg has signed all it signs: its agent is stopped and its home removed (~5 ms, mostly
         # waiting for gpgconf) while the build lands; the keys' close at the end waits for it
         threading.Thread(target=keys.gpg.close, name="gpg close", daemon=True).start()
