@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import chain
 from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
@@ -1087,11 +1088,12 @@ class _Products(Mapping[str, str]):
         return entry.sha256 if entry is not None else self._blobs[path]
 
     def __iter__(self) -> Iterator[str]:
-        yield from self._blobs
-        yield from (p for p in self._listed if p not in self._blobs)
+        if self._blobs.keys().isdisjoint(self._listed):  # as a build makes them: no Python
+            return iter([*self._blobs, *self._listed])  # step per path (~2 ms at 26,000)
+        return chain(self._blobs, (p for p in self._listed if p not in self._blobs))
 
     def __len__(self) -> int:
-        return len(self._blobs) + sum(1 for p in self._listed if p not in self._blobs)
+        return len(self._blobs.keys() | self._listed.keys())
 
     def digests_of(self, paths: list[str]) -> list[str]:
         """``[self[p] for p in paths]`` without a method call per path (intoto's bulk read)."""

@@ -665,8 +665,11 @@ def test_build_products_view_gives_the_link_a_dict_gives(keys: Keys) -> None:
     listed[shadowed] = FileEntry(1, "e" * 64)
     view = _Products(blobs, listed)
     assert view.digests_of([shadowed, "simple/p3/index.html"]) == ["e" * 64, f"{10:064x}"]
-    plain = {**blobs, **{p: e.sha256 for p, e in listed.items()}}
-    assert dict(view) == plain
-    got = intoto.make_link(keys.builder_key, materials={}, products=view, command=["x"])
-    want = intoto.make_link(keys.builder_key, materials={}, products=plain, command=["x"])
-    assert got == want
+    disjoint = _Products(blobs, {p: e for p, e in listed.items() if p != shadowed})
+    for products in (view, disjoint):  # the second: no path both a blob and listed (a build's)
+        plain = {**blobs, **{p: e.sha256 for p, e in products._listed.items()}}
+        assert dict(products) == plain and len(products) == len(plain)
+        got = intoto.make_link(keys.builder_key, materials={}, products=products,
+                               command=["x"])
+        want = intoto.make_link(keys.builder_key, materials={}, products=plain, command=["x"])
+        assert got == want
