@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from itertools import chain
 from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -594,7 +594,7 @@ def _landing(
 ) -> bytes:
     """The landing page: how to use the repository, its keys, and what it holds (``projects``
     as the simple index lists them, in name order)."""
-    debs = sorted((a for a in arts if a.deb), key=_by_package)
+    debs = sorted(filter(_deb_of, arts), key=_by_package)
     key_rows = [{"kind": "OpenPGP", "id": keys.gpg.key_id, "href": "keys/public.asc"}]
     if keys.cosign_public:
         key_rows.append(
@@ -622,23 +622,23 @@ def _landing(
         slug=slug or "repo",
         suite=config.suite,
         components=list(components),
-        # the artifacts themselves for the packages (name, version, architecture, component
-        # are theirs); other rows made as the template reaches them: 100,000 at once cost
-        # ~50 MB. Rows have attributes, not keys: jinja tries getattr first, and a dict's
-        # failing getattr (an exception per field) was half the page's time
+        # the artifacts themselves for the packages and the files (the rows' fields are
+        # their attributes), and a NamedTuple per project, made by tuple.__new__ (a C call;
+        # the NamedTuple's own __new__ is Python's): ~3 MB at 50,000 projects. Rows have
+        # attributes, not keys: a dict's failing getattr (an exception per field) was half
+        # the page's time
         debs=debs,
-        projects=_Rows(projects, lambda p: _ProjectRow(p[0], ", ".join(_by_version({
-            f.version for f in p[1]})))),
-        files=_Rows([a for a in arts if a.kind == "file"], lambda a: _FileRow(
-            a.path, a.blob, a.size, a.sha256)),
+        projects=[_new_row(_ProjectRow, (name, files[0].version if len(files) == 1 else
+                                        ", ".join(_by_version({f.version for f in files}))))
+                  for name, files in projects],
+        files=[a for a in arts if a.kind == "file"],
     )
 
 
-def _by_package(art: Artifact) -> tuple[str, str, str]:
-    """The landing page's order of .deb packages: name, architecture, version (as text)."""
-    deb = art.deb
-    assert deb is not None
-    return deb.package, deb.architecture, deb.version
+#: the landing page's order of .deb packages: name, architecture, version (as text)
+_by_package = attrgetter("deb.package", "deb.architecture", "deb.version")
+_deb_of = attrgetter("deb")
+_new_row = tuple.__new__
 
 
 def _by_version(versions: set[str]) -> list[str]:
@@ -649,29 +649,6 @@ def _by_version(versions: set[str]) -> list[str]:
 class _ProjectRow(NamedTuple):
     name: str
     versions: str  # comma-separated, in PEP 440 order
-
-
-class _FileRow(NamedTuple):
-    path: str
-    href: str
-    size: int
-    sha256: str
-
-
-class _Rows:
-    """A sequence for a template's loop whose rows are made one at a time."""
-
-    def __init__(self, items: list[Any], row: Callable[[Any], Any]) -> None:
-        self._items, self._row = items, row
-
-    def __bool__(self) -> bool:
-        return bool(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __iter__(self) -> Any:
-        return (self._row(item) for item in self._items)
 
 
 def _retained(
