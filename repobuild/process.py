@@ -2,9 +2,10 @@
 
 Process-wide settings, so the command line applies them (before the build starts a thread or a
 worker, which inherit them), never the library: a program that calls :func:`repobuild.build.build`
-keeps its own. :func:`background` is no such setting: it lowers the priority of the calling
-thread only, and the build calls it in its own helper processes (the walk of SOURCE and OUT,
-the workers), never in the caller's thread.
+keeps its own (:func:`settle` freezes objects only where the command line set them).
+:func:`background` is no such setting: it lowers the priority of the calling thread only, and
+the build calls it in its own helper processes (the walk of SOURCE and OUT, the workers) and
+threads (the cosign key's unlocking, which ends with it), never in the caller's thread.
 """
 
 from __future__ import annotations
