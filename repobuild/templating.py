@@ -49,9 +49,9 @@ _PLAIN = {str, int}  # values escaped together; anything else (Markup, say) one 
 def rows(items: Iterable[Any], row: str) -> Markup:
     """A table's rows, one per line: ``row`` is a ``str.format`` string naming attributes of
     an item (``<tr><td>{name}</td></tr>``, or ``{deb.package}`` through an attribute, or
-    ``{}``, the item itself, as the row's only field), and each
-    value is escaped as autoescaping escapes it, so ``{{ items|rows(row) }}`` gives what a
-    ``{% for %}`` loop over ``row`` gives. A loop escapes each value on its own and passes each
+    ``{}``, the item itself, as the row's only field), and each value is escaped as
+    autoescaping escapes it, so ``{{ items|rows(row) }}`` gives what a ``{% for %}`` loop over
+    ``row`` gives. A loop escapes each value on its own and passes each
     piece through the template's generator: ~10 x as slow for the landing page's 10,000 rows.
     Here the values of a few thousand rows are taken (attrgetter), checked, escaped (joined by
     NUL, which escaping leaves as it is) and put in their rows without a Python call per

@@ -138,8 +138,8 @@ def test_printable_check_is_isprintable() -> None:
     """The check of a chunk's text gives what ``str.isprintable`` gives, ASCII or not."""
     for code in [*range(0x300), 0x2028, 0x3000, 0xFEFF, 0x1F600]:
         for text in (f"a{chr(code)}b", chr(code), f"é{chr(code)}"):
-            assert manifest._printable(text) == text.isprintable(), hex(code)
-    assert manifest._printable("")
+            assert manifest.printable(text) == text.isprintable(), hex(code)
+    assert manifest.printable("")
 
 
 def test_the_usual_entries_are_written_as_any_entry_is() -> None:

@@ -130,7 +130,7 @@ ROOT_LOOP = """<!DOCTYPE html>
 """
 
 
-@pytest.mark.parametrize("names", [[], ["a"], ["a", "b-c", "x1"] * 2000,
+@pytest.mark.parametrize("names", [[], ["a"], ["a", "b-c", "x1"] * 2000, ["ünï", "b"],
                                    ['q"uote', "back\\slash", "ünï", "tab\tx", "del\x7f", "<&>"]])
 def test_root_page_is_the_loops_and_its_json_the_encoders(names: list[str]) -> None:
     """The simple root lists its projects through the rows filter (``{}``: the item itself)

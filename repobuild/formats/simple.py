@@ -10,7 +10,7 @@ from urllib.parse import quote
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from repobuild.formats.manifest import canonical
+from repobuild.formats.manifest import canonical, printable
 from repobuild.model import Artifact
 from repobuild.templating import render
 
@@ -73,11 +73,11 @@ def render_root(names: list[str]) -> tuple[bytes, bytes]:
 
 
 def _root_json(names: list[str]) -> bytes:
-    """``canonical`` of the root's PEP 691 document. Names that JSON writes as they are (ASCII,
-    printable, no quote or backslash: every normalized name) are put in its text at once,
+    """``canonical`` of the root's PEP 691 document. Names that JSON writes as they are
+    (printable, no quote or backslash: every normalized name) are put in its text at once,
     without a dict per project and the encoder over them (~1.7 against ~0.4 ms for 5,000)."""
     joined = ",".join(names)
-    if joined.isascii() and joined.isprintable() and '"' not in joined and "\\" not in joined:
+    if '"' not in joined and "\\" not in joined and printable(joined):
         entries = ",".join([f'{{"name":"{name}"}}' for name in names])
         head = canonical({"meta": {"api-version": API_VERSION}})[:-1]
         return head + b',"projects":[' + entries.encode() + b"]}"
